@@ -1,0 +1,221 @@
+"""Checkpoints: our self-describing format, and the published layout in and out.
+
+Ours is a plain dict saved with `torch.save` and read with `weights_only=True` (loading never runs
+code): `format_version`, `stage`, `config`, `dataset` (signature), `model` (state dict of `SPARD`),
+and, for resuming, `epoch`, `optimizer`, `scheduler`, `rng`. Writes are atomic (temporary file,
+flush, fsync, rename), so an interruption leaves the previous file intact.
+
+The published code saves raw state dicts: the SPARD model (`denoise_motion_transformer.*`) for the
+base and distilled stages, the noise predictor (`model.*`) for stage 3. Our parameter names are the
+same below those prefixes, so conversion is a prefix swap plus strict shape checks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import Config
+from .model import SPARD
+
+FORMAT_VERSION = 1
+STAGES = ("base", "distill", "np")
+PUBLISHED_DENOISER_PREFIX = "denoise_motion_transformer."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and writing files
+
+def atomic_save(obj, path: str | Path) -> None:
+    """`torch.save` to a temporary file beside `path`, flushed and fsynced, then renamed over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_file(path: str | Path, map_location="cpu"):
+    """Load a checkpoint file without running code (`weights_only`), with one-line errors."""
+    path = Path(path)
+    if not str(path):
+        raise CheckpointError("no checkpoint path given: pass the file written by the previous stage")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: check the path, or run the stage that writes it first")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # unpickling refused, truncated zip, not a torch file, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain data; "
+                                  f"refusing to unpickle it (it could run code)") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first[:160]}); "
+                              f"use an intact copy or retrain") from None
+
+
+def dataset_signature(cfg: Config) -> dict:
+    d = cfg.data
+    return {"name": d.name, "num_joints": d.num_joints, "t_his": d.t_his, "t_pred": d.t_pred, "fps": d.fps}
+
+
+def save_checkpoint(path, model: SPARD, stage: str, *, epoch: int = 0, optimizer=None, scheduler=None,
+                    rng: dict | None = None, extra: dict | None = None) -> None:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    state = {
+        "format_version": FORMAT_VERSION,
+        "stage": stage,
+        "config": model.cfg.to_dict(),
+        "dataset": dataset_signature(model.cfg),
+        "model": model.state_dict(),
+        "epoch": epoch,
+    }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    if rng is not None:
+        state["rng"] = rng
+    if extra:
+        state.update(extra)
+    atomic_save(state, path)
+
+
+def is_ours(obj) -> bool:
+    return isinstance(obj, dict) and "format_version" in obj
+
+
+def kind_of(obj) -> str:
+    """'ours', 'published-denoiser', 'published-np' or 'unknown'."""
+    if is_ours(obj):
+        return "ours"
+    if isinstance(obj, dict) and any(str(k).startswith(PUBLISHED_DENOISER_PREFIX) for k in obj):
+        return "published-denoiser"
+    if isinstance(obj, dict) and "model.gc1.weight" in obj:
+        return "published-np"
+    return "unknown"
+
+
+def check_compatible(ckpt: dict, cfg: Config, path, want_stages: tuple[str, ...]) -> None:
+    """One-line errors when a checkpoint of ours does not fit the current setting."""
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {ckpt['format_version']}, newer than this spard "
+                              f"({FORMAT_VERSION}); upgrade spard")
+    stage = ckpt.get("stage")
+    if stage not in want_stages:
+        raise CheckpointError(f"{path} is a '{stage}' checkpoint but a {' or '.join(repr(s) for s in want_stages)} "
+                              f"checkpoint is needed here")
+    ours, theirs = dataset_signature(cfg), ckpt.get("dataset", {})
+    for key in ("name", "num_joints", "t_his", "t_pred"):
+        if theirs.get(key) != ours[key]:
+            raise CheckpointError(f"{path} was trained with {key}={theirs.get(key)!r} but this run has "
+                                  f"{key}={ours[key]!r}; use a checkpoint of this dataset/setting")
+
+
+def load_model(path, cfg: Config | None = None, *, stages: tuple[str, ...] = STAGES, map_location="cpu") -> tuple[SPARD, dict]:
+    """A model from a checkpoint of ours; its own config unless `cfg` is given (then checked against it)."""
+    ckpt = read_file(path, map_location)
+    if not is_ours(ckpt):
+        raise CheckpointError(f"{path} is not a spard checkpoint ({kind_of(ckpt)}); published weights load "
+                              f"with `spard convert` or the --ckpt/--distill_ckpt/--np_ckpt flags")
+    saved = Config.from_dict(ckpt["config"])
+    check_compatible(ckpt, cfg or saved, path, stages)
+    if cfg is not None:
+        # the architecture is the checkpoint's; data and training settings are the caller's
+        cfg = dataclasses.replace(cfg, denoiser=saved.denoiser, noise_predictor=saved.noise_predictor,
+                                  diffusion=saved.diffusion)
+    model = SPARD(cfg or saved)
+    load_state(model, ckpt["model"], str(path))
+    return model, ckpt
+
+
+def load_state(module: nn.Module, state: dict, what: str) -> None:
+    """Strict `load_state_dict` whose failure is one line naming the first offending key."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        detail = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise CheckpointError(f"{what}: keys do not match the model ({len(missing)} missing, {len(unexpected)} "
+                              f"unexpected; {detail}); is it a checkpoint of this model and size?")
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{what}: {k} has shape {list(state[k].shape)}, expected {list(v.shape)}; "
+                                  f"the checkpoint was made with other sizes (dataset joints, latent_dims, ...)")
+    module.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------------------------
+# the published layout
+
+def config_from_published(denoiser_state: dict, base: Config) -> Config:
+    """`base` with the network sizes read off a published SPARD state dict.
+
+    Shapes give D, latent width, FFN size, layers, n_pre, the refiner's DCT size and width; the
+    number of heads and t_his are not in the weights and come from `base` (the dataset preset).
+    """
+    p = PUBLISHED_DENOISER_PREFIX
+    try:
+        latent, d = denoiser_state[p + "joint_embed.weight"].shape
+        n_pre = denoiser_state[p + "sequence_embedding"].shape[0]
+        ff = denoiser_state[p + "temporal_decoder_blocks.0.ffn.linear1.weight"].shape[0]
+        refine_n, gcn_hidden = denoiser_state[p + "gcn.gc1.weight"].shape
+    except KeyError as e:
+        raise CheckpointError(f"not a published SPARD state dict: key {e.args[0]!r} is missing") from None
+    layers = len({k.split(".")[2] for k in denoiser_state if k.startswith(p + "temporal_decoder_blocks.")})
+    gcn_layers = len({k.split(".")[3] for k in denoiser_state if k.startswith(p + "gcn.gcbs.")})
+    if d != base.data.dim:
+        raise CheckpointError(f"the published weights are for D={d} ({d // 3} joints) but cfg "
+                              f"'{base.data.name}' has D={base.data.dim}; pass the matching --cfg")
+    den = dataclasses.replace(base.denoiser, latent_dim=latent, ff_size=ff, num_layers=layers, n_pre=n_pre,
+                              refine_n_pre=refine_n, gcn_hidden=gcn_hidden, gcn_layers=gcn_layers)
+    return dataclasses.replace(base, denoiser=den).synced()
+
+
+def noise_predictor_config_from_published(np_state: dict, base: Config) -> Config:
+    try:
+        n_pre, hidden = np_state["model.gc1.weight"].shape
+        out = np_state["model.gc7.weight"].shape[1]
+    except KeyError as e:
+        raise CheckpointError(f"not a published noise-predictor state dict: key {e.args[0]!r} is missing") from None
+    layers = len({k.split(".")[2] for k in np_state if k.startswith("model.gcbs.")})
+    npc = dataclasses.replace(base.noise_predictor, hidden=hidden, layers=layers, k=out // n_pre)
+    return dataclasses.replace(base, noise_predictor=npc)
+
+
+def from_published(base: Config, denoiser_state: dict | None = None, np_state: dict | None = None) -> SPARD:
+    """Our model from published state dicts (either may be None: that network keeps its init)."""
+    cfg = base
+    if denoiser_state is not None:
+        cfg = config_from_published(denoiser_state, cfg)
+    if np_state is not None:
+        cfg = noise_predictor_config_from_published(np_state, cfg)
+    model = SPARD(cfg)
+    if denoiser_state is not None:
+        p = PUBLISHED_DENOISER_PREFIX
+        load_state(model.denoiser, {k[len(p):]: v for k, v in denoiser_state.items()}, "published SPARD weights")
+    if np_state is not None:
+        load_state(model.noise_predictor, np_state, "published noise-predictor weights")
+    return model
+
+
+def to_published(model: SPARD) -> tuple[dict, dict]:
+    """`(spard_state_dict, noise_predictor_state_dict)` in the published layout."""
+    den = {PUBLISHED_DENOISER_PREFIX + k: v.detach().clone() for k, v in model.denoiser.state_dict().items()}
+    npr = {k: v.detach().clone() for k, v in model.noise_predictor.state_dict().items()}
+    return den, npr

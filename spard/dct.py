@@ -1,0 +1,50 @@
+"""The motion representation (method.md section 1): orthonormal DCT over time and LastFrame padding.
+
+A trajectory is `[B, T, D]` (frames x flattened joint coordinates). The diffusion state is its
+first `n_pre` DCT coefficients, `[B, n_pre, D]`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def dct_matrix(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal DCT-II matrix `[n, n]` (row k = coefficient, column i = frame) and its inverse.
+
+    `dct[k, i] = w_k cos(pi (i + 1/2) k / n)`, `w_0 = sqrt(1/n)`, `w_k = sqrt(2/n)`. Built in float64
+    and inverted numerically (as published), then cast to float32.
+    """
+    if n < 1:
+        raise ValueError(f"DCT size must be >= 1, got {n}")
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    w = np.where(k == 0, math.sqrt(1.0 / n), math.sqrt(2.0 / n))
+    dct = w * np.cos(math.pi * (i + 0.5) * k / n)  # [n, n] float64
+    idct = np.linalg.inv(dct)
+    return torch.from_numpy(dct).float(), torch.from_numpy(idct).float()
+
+
+def pad_indices(t_his: int, t_pred: int) -> torch.Tensor:
+    """LastFrame padding: `[0, 1, .., t_his-1]` followed by `t_his-1` repeated `t_pred` times."""
+    if t_his < 1 or t_pred < 0:
+        raise ValueError(f"need t_his >= 1 and t_pred >= 0, got t_his={t_his}, t_pred={t_pred}")
+    return torch.tensor(list(range(t_his)) + [t_his - 1] * t_pred, dtype=torch.long)
+
+
+def pad_history(history: torch.Tensor, t_pred: int) -> torch.Tensor:
+    """`[B, t_his, D]` -> `[B, t_his + t_pred, D]`, the last observed pose held over the future."""
+    t_his = history.shape[-2]
+    return history[..., pad_indices(t_his, t_pred).to(history.device), :]
+
+
+def to_dct(traj: torch.Tensor, dct: torch.Tensor, n: int) -> torch.Tensor:
+    """First `n` DCT coefficients of a trajectory: `[B, T, D]` -> `[B, n, D]`."""
+    return dct[:n] @ traj
+
+
+def from_dct(coeffs: torch.Tensor, idct: torch.Tensor) -> torch.Tensor:
+    """Trajectory from its first `n` coefficients (the rest zero): `[B, n, D]` -> `[B, T, D]`."""
+    return idct[:, : coeffs.shape[-2]] @ coeffs

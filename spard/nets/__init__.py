@@ -1,0 +1,4 @@
+from .denoiser import Denoiser
+from .noise_predictor import NoisePredictor
+
+__all__ = ["Denoiser", "NoisePredictor"]

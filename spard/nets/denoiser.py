@@ -1,0 +1,152 @@
+"""The denoiser `f(x_t, t, y or none, history) -> trajectory` (method.md section 3).
+
+1. A transformer over the `n_pre` DCT tokens, every sub-block modulated AdaLN-style by
+   `emb = MLP(sinusoid(t)) + Linear(flatten(y))` (the `y` term left out when the condition is
+   dropped), with U-Net skips from the first half of the blocks to the second.
+2. Back to time, the observed frames written over the first `t_his` frames.
+3. A GCN refiner in full-DCT space (global residual), and back to time.
+
+Parameter names follow the published state dict, so published checkpoints load by a prefix swap.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DenoiserConfig
+from ..dct import dct_matrix
+from .gcn import GCN
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding `[N] -> [N, dim]`: cosines first, then sines."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class Stylization(nn.Module):
+    """`out_layers(LayerNorm(h) * (1 + scale) + shift)`, scale and shift read from the embedding."""
+
+    def __init__(self, latent: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * latent))
+        self.norm = nn.LayerNorm(latent)
+        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), nn.Linear(latent, latent))
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # [N, L, C], [N, E]
+        scale, shift = self.emb_layers(emb)[:, None].chunk(2, dim=-1)  # [N, 1, C] each
+        return self.out_layers(self.norm(h) * (1 + scale) + shift)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the tokens (one LayerNorm feeds q, k and v), residual."""
+
+    def __init__(self, latent: int, heads: int, dropout: float, emb_dim: int):
+        super().__init__()
+        if latent % heads:
+            raise ValueError(f"latent_dims ({latent}) must be divisible by num_heads ({heads})")
+        self.heads = heads
+        self.dropout = dropout
+        self.norm = nn.LayerNorm(latent)
+        self.query = nn.Linear(latent, latent, bias=False)
+        self.key = nn.Linear(latent, latent, bias=False)
+        self.value = nn.Linear(latent, latent, bias=False)
+        self.proj_out = Stylization(latent, emb_dim, dropout)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # [N, L, C]
+        n, length, c = x.shape
+        h = self.norm(x)
+        q, k, v = (lin(h).view(n, length, self.heads, c // self.heads).transpose(1, 2)
+                   for lin in (self.query, self.key, self.value))  # [N, H, L, C/H]
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(n, length, c)
+        return x + self.proj_out(y, emb)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, latent: int, ff_size: int, dropout: float, emb_dim: int):
+        super().__init__()
+        self.linear1 = nn.Linear(latent, ff_size)
+        self.linear2 = nn.Linear(ff_size, latent)
+        self.dropout = nn.Dropout(dropout)
+        self.proj_out = Stylization(latent, emb_dim, dropout)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        y = self.linear2(self.dropout(F.gelu(self.linear1(x))))
+        return x + self.proj_out(y, emb)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DenoiserConfig):
+        super().__init__()
+        self.sa_block = SelfAttention(cfg.latent_dim, cfg.num_heads, cfg.dropout, cfg.latent_dim)
+        self.ffn = FeedForward(cfg.latent_dim, cfg.ff_size, cfg.dropout, cfg.latent_dim)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.ffn(self.sa_block(x, emb), emb)
+
+
+class Denoiser(nn.Module):
+    """Predicts the whole time-domain trajectory `[N, T, D]` from the noisy DCT state."""
+
+    def __init__(self, cfg: DenoiserConfig):
+        super().__init__()
+        self.cfg = cfg
+        c, d, n = cfg.latent_dim, cfg.input_feats, cfg.n_pre
+        if not 1 <= n <= cfg.t_total or not 1 <= cfg.refine_n_pre <= cfg.t_total:
+            raise ValueError(f"n_pre ({n}) and refine_n_pre ({cfg.refine_n_pre}) must be in [1, T={cfg.t_total}]")
+        self.sequence_embedding = nn.Parameter(torch.randn(n, c))
+        self.joint_embed = nn.Linear(d, c)
+        self.cond_embed = nn.Linear(d * n, c)
+        self.time_embed = nn.Sequential(nn.Linear(c, c), nn.SiLU(), nn.Linear(c, c))
+        self.temporal_decoder_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.out = nn.Linear(c, d)
+        self.gcn = GCN(cfg.refine_n_pre, cfg.gcn_hidden, cfg.refine_n_pre, nodes=d, layers=cfg.gcn_layers,
+                       dropout=cfg.gcn_dropout, residual=True)
+        dct, idct = dct_matrix(cfg.t_total)
+        self.register_buffer("dct", dct, persistent=False)  # [T, T]
+        self.register_buffer("idct", idct, persistent=False)  # [T, T]
+
+    def embedding(self, t: torch.Tensor, y_cond: torch.Tensor | None, keep_cond: torch.Tensor | None) -> torch.Tensor:
+        """`MLP(sinusoid(t)) + Linear(flatten(y))`; rows with `keep_cond` False get no condition term."""
+        emb = self.time_embed(timestep_embedding(t, self.cfg.latent_dim))  # [N, C]
+        if y_cond is None:
+            return emb
+        cond = self.cond_embed(y_cond.flatten(1))  # [N, C]
+        if keep_cond is not None:
+            cond = cond * keep_cond[:, None].to(cond.dtype)
+        return emb + cond
+
+    def transformer(self, x_t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """`[N, n_pre, D]` -> `[N, n_pre, D]` (DCT coefficients of the trajectory)."""
+        h = self.joint_embed(x_t) + self.sequence_embedding[: x_t.shape[1]]  # [N, n_pre, C]
+        half = len(self.temporal_decoder_blocks) // 2
+        skips = []
+        for i, block in enumerate(self.temporal_decoder_blocks):
+            if i < half:
+                skips.append(h)
+                h = block(h, emb)
+            else:
+                h = block(h, emb) + skips.pop()
+        return self.out(h)
+
+    def refine(self, coeffs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """Coefficients `[N, n_pre, D]` -> time `[N, T, D]`, history written back, GCN-refined."""
+        traj = self.idct[:, : coeffs.shape[1]] @ coeffs  # [N, T, D]
+        traj = torch.cat([history, traj[:, history.shape[1]:]], dim=1)
+        r = self.cfg.refine_n_pre
+        full = (self.dct[:r] @ traj).transpose(1, 2)  # [N, D, r]
+        full = self.gcn(full).transpose(1, 2)  # [N, r, D]
+        return self.idct[:, :r] @ full
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y_cond: torch.Tensor | None, history: torch.Tensor,
+                keep_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t `[N, n_pre, D]`, t `[N]`, y_cond `[N, n_pre, D]` or None, history `[N, t_his, D]` -> `[N, T, D]`."""
+        emb = self.embedding(t, y_cond, keep_cond)
+        return self.refine(self.transformer(x_t, emb), history)

@@ -1,0 +1,74 @@
+"""Graph convolution over the D coordinate nodes with a learnable adjacency (LTD-style).
+
+Features live on nodes: `[B, nodes, features]`. Used by the denoiser's refiner (features = DCT
+coefficients of the whole trajectory) and by the noise predictor (features = condition coefficients).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class GraphConv(nn.Module):
+    """`att @ (x @ weight) + bias`, with `att` a learned `[nodes, nodes]` adjacency."""
+
+    def __init__(self, in_features: int, out_features: int, nodes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.att = nn.Parameter(torch.empty(nodes, nodes))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        bound = 1.0 / math.sqrt(out_features)
+        for p in (self.weight, self.att, self.bias):
+            nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, nodes, in] -> [B, nodes, out]
+        return self.att @ (x @ self.weight) + self.bias
+
+
+class NodeBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over every (node, feature) pair, as one `nodes * features` channel vector."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, nodes, f]
+        return super().forward(x.flatten(1)).view_as(x)
+
+
+class GCBlock(nn.Module):
+    """Two graph convolutions, each followed by BatchNorm, tanh and dropout; residual."""
+
+    def __init__(self, features: int, nodes: int, dropout: float):
+        super().__init__()
+        self.gc1 = GraphConv(features, features, nodes)
+        self.bn1 = NodeBatchNorm(nodes * features)
+        self.gc2 = GraphConv(features, features, nodes)
+        self.bn2 = NodeBatchNorm(nodes * features)
+        self.do = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.do(torch.tanh(self.bn1(self.gc1(x))))
+        y = self.do(torch.tanh(self.bn2(self.gc2(y))))
+        return x + y
+
+
+class GCN(nn.Module):
+    """gc1 -> BN/tanh/dropout -> `layers` residual blocks -> gc7 (+ input when `residual`)."""
+
+    def __init__(self, in_features: int, hidden: int, out_features: int, nodes: int, layers: int,
+                 dropout: float, residual: bool):
+        super().__init__()
+        if residual and in_features != out_features:
+            raise ValueError(f"a residual GCN needs in_features == out_features, got {in_features} and {out_features}")
+        self.residual = residual
+        self.gc1 = GraphConv(in_features, hidden, nodes)
+        self.bn1 = NodeBatchNorm(nodes * hidden)
+        self.gcbs = nn.ModuleList(GCBlock(hidden, nodes, dropout) for _ in range(layers))
+        self.gc7 = GraphConv(hidden, out_features, nodes)
+        self.do = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, nodes, in] -> [B, nodes, out]
+        y = self.do(torch.tanh(self.bn1(self.gc1(x))))
+        for block in self.gcbs:
+            y = block(y)
+        y = self.gc7(y)
+        return x + y if self.residual else y

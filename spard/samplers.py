@@ -1,0 +1,129 @@
+"""The three samplers (method.md section 4), one signature, one output layout.
+
+    sampler(model, history, num_samples, *, noise=None, generator=None, **options) -> [B, S, T, D]
+
+`history` is `[B, t_his, D]` in model space. The output holds whole trajectories (observed frames
+included); `[:, :, t_his:]` are the futures. `noise` `[S, B, n_pre, D]` (sample-major, as the
+published code draws it) fixes the randomness; otherwise it is drawn from `generator`.
+
+    ddim     S guided deterministic steps: 2 network evaluations per step (10 by default)
+    onestep  one evaluation of the distilled model from the prior
+    np       one evaluation from the K noise maps of the noise predictor: no randomness at all
+"""
+from __future__ import annotations
+
+import torch
+
+from .diffusion import ddim_coefficients, ddim_step, prior_sample
+from .model import SPARD
+
+
+def _draw_noise(model: SPARD, history: torch.Tensor, num_samples: int, noise, generator) -> torch.Tensor:
+    shape = (num_samples, history.shape[0], model.n_pre, history.shape[-1])
+    if noise is None:
+        return torch.randn(shape, generator=generator, device=history.device, dtype=history.dtype)
+    if tuple(noise.shape) != shape:
+        raise ValueError(f"noise must have shape {list(shape)} [S, B, n_pre, D], got {list(noise.shape)}")
+    return noise
+
+
+def _check_history(model: SPARD, history: torch.Tensor) -> None:
+    want = (model.t_his, model.cfg.denoiser.input_feats)
+    if history.dim() != 3 or tuple(history.shape[1:]) != want:
+        raise ValueError(f"history must be [B, {want[0]}, {want[1]}] (t_his, D), got {list(history.shape)}")
+
+
+def _repeat(x: torch.Tensor, s: int) -> torch.Tensor:
+    """`[B, ...]` -> `[S * B, ...]`, sample-major (row `s * B + b`)."""
+    return x.unsqueeze(0).expand(s, *x.shape).reshape(s * x.shape[0], *x.shape[1:])
+
+
+def _unflatten(traj: torch.Tensor, s: int) -> torch.Tensor:
+    """`[S * B, T, D]` -> `[B, S, T, D]`."""
+    return traj.view(s, -1, *traj.shape[1:]).transpose(0, 1)
+
+
+def guided_denoise(model: SPARD, x_t, t: int, y, history, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance as interpolation: `f(x, t, none) + w (f(x, t, y) - f(x, t, none))`.
+
+    Both branches run as one batch of 2N rows (the second half without the condition term).
+    """
+    n = x_t.shape[0]
+    keep = torch.cat([torch.ones(n, dtype=torch.bool, device=x_t.device), torch.zeros(n, dtype=torch.bool, device=x_t.device)])
+    steps = torch.full((2 * n,), t, dtype=torch.long, device=x_t.device)
+    both = model.denoiser(x_t.repeat(2, 1, 1), steps, y.repeat(2, 1, 1), history.repeat(2, 1, 1), keep_cond=keep)
+    cond, uncond = both[:n], both[n:]
+    return uncond + guidance * (cond - uncond)
+
+
+def ddim_loop(model: SPARD, x_T: torch.Tensor, y: torch.Tensor, history: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Guided deterministic sampling from `x_T` `[N, n_pre, D]`; returns the last `x0_hat` `[N, T, D]`.
+
+    Between steps the prediction goes back to DCT space with the observed frames re-inserted.
+    """
+    sched = model.schedule
+    steps = [int(t) for t in sched.timesteps]
+    x_t = x_T
+    for t, s in zip(steps, steps[1:] + [None]):
+        x0_hat = guided_denoise(model, x_t, t, y, history, guidance)
+        if s is None:
+            return x0_hat
+        traj = torch.cat([history, x0_hat[:, history.shape[1]:]], dim=1)
+        x_t = ddim_step(model.encode(traj), x_t, y, ddim_coefficients(sched, t, s))
+    raise AssertionError("unreachable: the sampling timesteps are never empty")
+
+
+@torch.no_grad()
+def ddim(model: SPARD, history: torch.Tensor, num_samples: int, *, noise=None, generator=None,
+         guidance: float | None = None) -> torch.Tensor:
+    """The base model's sampler; `guidance` defaults to `--mode_test` (0.3)."""
+    _check_history(model, history)
+    w = model.cfg.train.mod_test if guidance is None else guidance
+    eps = _draw_noise(model, history, num_samples, noise, generator).flatten(0, 1)
+    y = _repeat(model.condition(history), num_samples)
+    h = _repeat(history, num_samples)
+    return _unflatten(ddim_loop(model, prior_sample(y, eps, model.schedule), y, h, w), num_samples)
+
+
+@torch.no_grad()
+def onestep(model: SPARD, history: torch.Tensor, num_samples: int, *, noise=None, generator=None,
+            use_condition: bool = True) -> torch.Tensor:
+    """The distilled model's sampler: `f(y + kappa sqrt(eta_T) eps, T, y)`."""
+    _check_history(model, history)
+    eps = _draw_noise(model, history, num_samples, noise, generator).flatten(0, 1)
+    y = _repeat(model.condition(history), num_samples)
+    x_T = prior_sample(y, eps, model.schedule)
+    t = torch.full((x_T.shape[0],), model.schedule.t_max, dtype=torch.long, device=x_T.device)
+    out = model.denoiser(x_T, t, y if use_condition else None, _repeat(history, num_samples))
+    return _unflatten(out, num_samples)
+
+
+@torch.no_grad()
+def np_sample(model: SPARD, history: torch.Tensor, num_samples: int | None = None, *, noise=None, generator=None,
+              use_condition: bool = True) -> torch.Tensor:
+    """The noise predictor's sampler: the first `num_samples` (default all K) of its noise maps.
+
+    `noise` and `generator` are accepted for the common signature and ignored: nothing is random.
+    """
+    _check_history(model, history)
+    k = model.cfg.noise_predictor.k
+    s = k if num_samples is None else num_samples
+    if not 1 <= s <= k:
+        raise ValueError(f"the np sampler gives at most K={k} futures, asked for {s}")
+    y_b = model.condition(history)
+    eps = model.noise_predictor(y_b)[:, :s].transpose(0, 1).flatten(0, 1)  # [S * B, n_pre, D]
+    y = _repeat(y_b, s)
+    x_T = prior_sample(y, eps, model.schedule)
+    t = torch.full((x_T.shape[0],), model.schedule.t_max, dtype=torch.long, device=x_T.device)
+    out = model.denoiser(x_T, t, y if use_condition else None, _repeat(history, s))
+    return _unflatten(out, s)
+
+
+SAMPLERS = {"ddim": ddim, "onestep": onestep, "np": np_sample}
+
+
+def get_sampler(name: str):
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
