@@ -51,6 +51,7 @@ class DenoiserConfig:
     t_his: int = 25
     t_total: int = 125  # T
     refine_n_pre: int = 125  # DCT size of the GCN refiner (the published code uses T)
+    padding: str = "LastFrame"  # history -> T frames for the condition: "LastFrame" or "Repeat" (tiled)
     latent_dim: int = 512
     ff_size: int = 1024
     num_layers: int = 8
@@ -172,11 +173,11 @@ def _amass() -> Config:
 def _deepmimic() -> Config:
     """Small preset for pybullet's DeepMimic clips: trains on two CPU cores in minutes."""
     data = DataConfig(
-        name="deepmimic", data_dir="", fps=30.0, t_his=15, t_pred=45, num_joints=14,
+        name="deepmimic", data_dir="", fps=30.0, t_his=15, t_pred=30, num_joints=17,
         train_splits=("train",), test_splits=("test",), stride=4, aug=2, multimodal_threshold=0.5,
     )
     den = DenoiserConfig(latent_dim=128, ff_size=256, num_layers=4, num_heads=4, dropout=0.1,
-                         gcn_hidden=64, gcn_layers=2, refine_n_pre=60)
+                         gcn_hidden=64, gcn_layers=2, refine_n_pre=45)
     npc = NoisePredictorConfig(hidden=64, layers=2)
     train = TrainConfig(batch_size=64, num_epoch=30, lr=5e-4, milestones=(20,), gamma=0.5,
                         metrics_epoch=0, save_model_interval=0)

@@ -27,17 +27,24 @@ def dct_matrix(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(dct).float(), torch.from_numpy(idct).float()
 
 
-def pad_indices(t_his: int, t_pred: int) -> torch.Tensor:
-    """LastFrame padding: `[0, 1, .., t_his-1]` followed by `t_his-1` repeated `t_pred` times."""
+def pad_indices(t_his: int, t_pred: int, mode: str = "LastFrame") -> torch.Tensor:
+    """Frames of the history that fill a window of `t_his + t_pred` frames.
+
+    LastFrame: `[0, 1, .., t_his-1]` then `t_his-1` repeated `t_pred` times (published default).
+    Repeat: the history tiled, `[0, .., t_his-1, 0, .., t_his-1, ...]`.
+    """
     if t_his < 1 or t_pred < 0:
         raise ValueError(f"need t_his >= 1 and t_pred >= 0, got t_his={t_his}, t_pred={t_pred}")
-    return torch.tensor(list(range(t_his)) + [t_his - 1] * t_pred, dtype=torch.long)
+    if mode == "LastFrame":
+        return torch.tensor(list(range(t_his)) + [t_his - 1] * t_pred, dtype=torch.long)
+    if mode == "Repeat":
+        return torch.arange(t_his + t_pred) % t_his
+    raise ValueError(f"unknown padding {mode!r}; choose LastFrame or Repeat")
 
 
-def pad_history(history: torch.Tensor, t_pred: int) -> torch.Tensor:
-    """`[B, t_his, D]` -> `[B, t_his + t_pred, D]`, the last observed pose held over the future."""
-    t_his = history.shape[-2]
-    return history[..., pad_indices(t_his, t_pred).to(history.device), :]
+def pad_history(history: torch.Tensor, t_pred: int, mode: str = "LastFrame") -> torch.Tensor:
+    """`[B, t_his, D]` -> `[B, t_his + t_pred, D]`, the future filled from the history (see `pad_indices`)."""
+    return history[..., pad_indices(history.shape[-2], t_pred, mode).to(history.device), :]
 
 
 def to_dct(traj: torch.Tensor, dct: torch.Tensor, n: int) -> torch.Tensor:

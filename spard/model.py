@@ -41,8 +41,9 @@ class SPARD(nn.Module):
         return self.cfg.denoiser.n_pre
 
     def condition(self, history: torch.Tensor) -> torch.Tensor:
-        """`y`: the DCT of the LastFrame-padded history, `[B, t_his, D]` -> `[B, n_pre, D]`."""
-        return to_dct(pad_history(history, self.t_pred), self.denoiser.dct, self.n_pre)
+        """`y`: the DCT of the padded history, `[B, t_his, D]` -> `[B, n_pre, D]`."""
+        padded = pad_history(history, self.t_pred, self.cfg.denoiser.padding)
+        return to_dct(padded, self.denoiser.dct, self.n_pre)
 
     def encode(self, traj: torch.Tensor) -> torch.Tensor:
         """`x0`: the DCT of the whole trajectory, `[B, T, D]` -> `[B, n_pre, D]`."""

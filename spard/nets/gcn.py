@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as tdist
 from torch import nn
 
 
@@ -28,10 +29,36 @@ class GraphConv(nn.Module):
 
 
 class NodeBatchNorm(nn.BatchNorm1d):
-    """BatchNorm over every (node, feature) pair, as one `nodes * features` channel vector."""
+    """BatchNorm over every (node, feature) pair, as one `nodes * features` channel vector.
+
+    With `sync` set (the trainer does so under torchrun), training-mode statistics are those of
+    the global batch across ranks, gradients included, so data parallelism equals one process.
+    PyTorch's SyncBatchNorm does this on GPUs only; this works with any backend.
+    """
+
+    sync = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, nodes, f]
-        return super().forward(x.flatten(1)).view_as(x)
+        flat = x.flatten(1)
+        if self.sync and self.training and tdist.is_initialized() and tdist.get_world_size() > 1:
+            return self._synced(flat).view_as(x)
+        return super().forward(flat).view_as(x)
+
+    def _synced(self, flat: torch.Tensor) -> torch.Tensor:
+        from torch.distributed.nn.functional import all_reduce  # differentiable collective
+
+        c = flat.shape[1]
+        local = torch.cat([flat.sum(0), flat.square().sum(0), flat.new_tensor([flat.shape[0]])])
+        total = all_reduce(local)  # sum over ranks, gradients flow back to each
+        n = total[-1]
+        mean = total[:c] / n
+        var = total[c:2 * c] / n - mean.square()  # biased, for normalising
+        with torch.no_grad():
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(m * mean)
+            self.running_var.mul_(1 - m).add_(m * var * n / (n - 1))
+            self.num_batches_tracked.add_(1)
+        return (flat - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
 class GCBlock(nn.Module):

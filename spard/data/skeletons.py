@@ -1,0 +1,38 @@
+"""Skeletons of the file formats we read (formats.md §1.2, §2.3) and the root-relative pose layout."""
+from __future__ import annotations
+
+import numpy as np
+
+from .dataset import Skeleton
+
+# The 17 of the 32 Human3.6M joints that every GSPS-derived loader keeps, in their kept order.
+H36M_KEPT = [0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 15, 17, 18, 19, 25, 26, 27]
+
+H36M = Skeleton(
+    names=["hip", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
+           "spine", "thorax", "neck", "head", "left_shoulder", "left_elbow", "left_wrist",
+           "right_shoulder", "right_elbow", "right_wrist"],
+    parents=[-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15],  # shoulders hang from the thorax
+    left=[4, 5, 6, 11, 12, 13],
+    right=[1, 2, 3, 14, 15, 16],
+)
+
+# The 22 SMPL body joints of BeLFusion's AMASS preprocessing (all kept).
+AMASS = Skeleton(
+    names=["pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",
+           "left_ankle", "right_ankle", "spine3", "left_foot", "right_foot", "neck", "left_collar",
+           "right_collar", "head", "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+           "left_wrist", "right_wrist"],
+    parents=[-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19],
+    left=[1, 4, 7, 10, 13, 16, 18, 20],
+    right=[2, 5, 8, 11, 14, 17, 19, 21],
+)
+
+
+def root_relative(positions: np.ndarray, where: str) -> np.ndarray:
+    """World positions `[L, J+1, 3]` -> the clip layout: joint 0 absolute, joints 1..J minus joint 0, float32."""
+    if not np.isfinite(positions).all():
+        raise ValueError(f"{where} contains NaN or inf positions: repair or drop this sequence")
+    poses = np.array(positions, dtype=np.float32)  # [L, J+1, 3] (a copy)
+    poses[:, 1:] -= poses[:, :1]
+    return poses

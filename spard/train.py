@@ -1,0 +1,281 @@
+"""One training loop for the three stages (method.md section 4).
+
+A `Stage` says which loss runs, which parameters train and which modules are frozen (eval mode):
+
+    base     stage 1   trains the denoiser            loss: best of h, condition dropout
+    distill  stage 2   trains the transformer         loss: L1 to the 5-step guided DDIM teacher
+                       (GCN refiner frozen; teacher = frozen copy of the stage-1 model)
+    np       stage 3   trains the noise predictor     loss: min over K (distilled model frozen)
+
+Every random draw of a global batch (windows, jitter, rotation, t, noise, condition coin) comes from
+one generator that all ranks share; under `torchrun` each rank then computes the loss of its slice,
+so N processes train exactly like one process with the same global batch.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import distributed as dist
+from . import losses
+from .checkpoints import save_checkpoint, read_file, load_state
+from .config import Config
+from .data import TrainWindows
+from .data.dataset import Dataset
+from .evaluate import evaluate, make_protocol
+from .model import SPARD, to_model_space
+from .nets.gcn import NodeBatchNorm
+from .runs import STAGE_FILES, result_path
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # base | distill | np
+    sampler: str  # the sampler this stage's model is evaluated with
+
+    def trainable(self, model: SPARD) -> list[nn.Parameter]:
+        """Set `requires_grad` for this stage and return the parameters that train."""
+        model.requires_grad_(False)
+        if self.name == "base":
+            model.denoiser.requires_grad_(True)
+        elif self.name == "distill":
+            model.denoiser.requires_grad_(True)
+            model.denoiser.gcn.requires_grad_(False)
+        else:
+            model.noise_predictor.requires_grad_(True)
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def train_modes(self, model: SPARD) -> None:
+        """Training mode for what trains, eval mode (dropout off, BatchNorm frozen) for the rest."""
+        model.eval()
+        if self.name == "base":
+            model.denoiser.train()
+        elif self.name == "distill":
+            model.denoiser.train()
+            model.denoiser.gcn.eval()
+        else:
+            model.noise_predictor.train()
+
+    def draw(self, model: SPARD, n: int, generator: torch.Generator, cfg: Config) -> dict:
+        """The random inputs of this stage's loss for a global batch of `n` windows."""
+        kw = dict(generator=generator, device=generator.device)
+        shape = (model.n_pre, model.cfg.denoiser.input_feats)
+        if self.name == "base":
+            t = torch.randint(0, len(model.sqrt_etas), (n,), **kw)
+            eps = torch.randn((n, cfg.train.div_k) + shape, **kw)
+            coins = torch.rand(n if cfg.train.per_sample_dropout else 1, **kw)
+            return {"t": t, "eps": eps, "keep_cond": coins < cfg.train.mod_train}
+        if self.name == "distill":
+            return {"eps": torch.randn((n,) + shape, **kw)}
+        return {}
+
+
+STAGES = {"base": Stage("base", "ddim"), "distill": Stage("distill", "onestep"), "np": Stage("np", "np")}
+
+
+class StageLoss(nn.Module):
+    """The stage's loss as a module, so data parallelism can wrap it: `forward(traj, **draws)`."""
+
+    def __init__(self, stage: Stage, model: SPARD, teacher: SPARD | None, cfg: Config):
+        super().__init__()
+        self.stage, self.model, self.teacher, self.cfg = stage, model, teacher, cfg
+
+    def forward(self, traj: torch.Tensor, **draws) -> torch.Tensor:
+        tc = self.cfg.train
+        if self.stage.name == "base":
+            return losses.base_loss(self.model, traj, h=tc.div_k, kind=tc.loss, **draws)[0]
+        if self.stage.name == "distill":
+            return losses.distill_loss(self.model, self.teacher, traj, guidance=tc.mod_test, kind=tc.loss, **draws)[0]
+        return losses.noise_predictor_loss(self.model, traj, kind=tc.loss)[0]
+
+
+def _slice(draws: dict, lo: int, hi: int, n: int) -> dict:
+    return {k: v[lo:hi] if v.shape[0] == n else v for k, v in draws.items()}
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Runs one stage: epochs of training, validation on held-out training clips, checkpoints."""
+
+    def __init__(self, cfg: Config, stage: str, model: SPARD, dataset: Dataset, run_dir: Path, out_dir: Path,
+                 device: torch.device, logger, resume_from: Path | None = None, select: str = "best",
+                 progress: bool = True):
+        self.cfg, self.stage, self.model, self.dataset = cfg, STAGES[stage], model.to(device), dataset
+        self.run_dir, self.out_dir, self.device, self.log = Path(run_dir), Path(out_dir), device, logger
+        self.select, self.progress = select, progress
+        tc = cfg.train
+        self.teacher = None
+        if stage == "distill":
+            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        params = self.stage.trainable(model)
+        fused = device.type == "cuda"
+        self.optimizer = torch.optim.Adam(params, lr=tc.lr, fused=fused) if fused else torch.optim.Adam(params, lr=tc.lr)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(tc.milestones), gamma=tc.gamma)
+        self.windows = TrainWindows(dataset.train, cfg.data.t_total, cfg.data.stride, cfg.data.aug,
+                                    cfg.data.rota_prob, device=device)
+        self.val_windows = to_model_space(torch.as_tensor(dataset.val_windows, dtype=torch.float32)).to(device)
+        self.generator = torch.Generator(device=device).manual_seed(tc.seed)
+        torch.manual_seed(tc.seed)
+        self.loss = StageLoss(self.stage, model, self.teacher, cfg)
+        self.step_loss = self.loss
+        if dist.world_size() > 1:
+            for m in model.modules():
+                if isinstance(m, NodeBatchNorm):
+                    m.sync = True
+            ids = [device.index] if device.type == "cuda" else None
+            self.step_loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=ids, broadcast_buffers=False)
+        self.start_epoch, self.best = tc.start_epoch, math.inf
+        if resume_from is not None:
+            self._resume(resume_from)
+        self.tb = None
+        if dist.is_main():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+
+    # -- one epoch ------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> float:
+        tc, world, rank = self.cfg.train, dist.world_size(), dist.rank()
+        self.stage.train_modes(self.model)
+        total, count = 0.0, 0
+        n_batches = math.ceil(len(self.windows) / tc.batch_size)
+        bar = tqdm(total=n_batches, desc=f"{self.stage.name} epoch {epoch}", unit="batch", leave=False,
+                   disable=not (self.progress and dist.is_main()))
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.amp == "bf16")
+        for batch in self.windows.batches(tc.batch_size, self.generator, rank=rank, world_size=world):
+            n = batch.global_size
+            draws = _slice(self.stage.draw(self.model, n, self.generator, self.cfg), batch.lo, batch.hi, n)
+            traj = to_model_space(batch.poses)  # [B, T, D]
+            with amp:
+                loss = self.step_loss(traj, **draws)
+            # the shard's mean, weighted so that averaging over ranks gives the global batch mean
+            (loss * (len(traj) * world / n)).backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            total += loss.detach() * len(traj)
+            count += len(traj)
+            bar.update()
+        bar.close()
+        self.scheduler.step()
+        totals = dist.gather_objects((float(total), count))
+        return sum(t for t, _ in totals) / max(sum(c for _, c in totals), 1)
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """The stage's loss on the validation windows, with fixed randomness (comparable across epochs)."""
+        self.model.eval()
+        gen = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed + 12345)
+        total = 0.0
+        for traj in self.val_windows.split(self.cfg.train.batch_size):
+            draws = self.stage.draw(self.model, len(traj), gen, self.cfg)
+            total += float(self.loss(traj, **draws)) * len(traj)
+        return total / len(self.val_windows)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _save(self, path: Path, epoch: int, finished: bool = False, **extra) -> None:
+        if dist.is_main():
+            save_checkpoint(path, self.model, self.stage.name, epoch=epoch, optimizer=self.optimizer,
+                            scheduler=self.scheduler, rng=_rng_state(self.generator),
+                            extra={"finished": finished, "best_val_loss": self.best, **extra})
+
+    def _resume(self, path: Path) -> None:
+        state = read_file(path, map_location="cpu")
+        if state.get("stage") != self.stage.name:
+            raise ValueError(f"--resume {path} is a '{state.get('stage')}' run, not '{self.stage.name}'")
+        load_state(self.model, state["model"], str(path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"], self.generator)
+        self.start_epoch, self.best = state["epoch"] + 1, state["best_val_loss"]
+        self.log.info(f"resuming {self.run_dir} from epoch {state['epoch']} (pass --no_resume to start a new run)")
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self) -> Path:
+        tc = self.cfg.train
+        if self.start_epoch == tc.start_epoch:
+            self.log.info(f"training stage '{self.stage.name}': {len(self.windows)} windows per epoch, "
+                          f"{sum(p.numel() for p in self.optimizer.param_groups[0]['params']):,} trainable parameters, "
+                          f"epochs {tc.start_epoch}..{tc.num_epoch}, run folder {self.run_dir}")
+        history = []
+        for epoch in range(self.start_epoch, tc.num_epoch + 1):
+            start = time.time()
+            train_loss = self.train_epoch(epoch)
+            val_loss = self.validation_loss()
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.log.info(f"====> Epoch: {epoch} Time: {time.time() - start:.2f} Train Loss: {train_loss} "
+                          f"Val Loss: {val_loss} lr: {lr:.5f}")
+            record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
+                      "seconds": time.time() - start}
+            if self.tb:
+                self.tb.add_scalar("Loss/train", train_loss, epoch)
+                self.tb.add_scalar("Loss/val", val_loss, epoch)
+                self.tb.add_scalar("lr", lr, epoch)
+            if tc.metrics_epoch and epoch % tc.metrics_epoch == 0:
+                record["val_metrics"] = self.validation_metrics(epoch)
+            if val_loss < self.best:
+                self.best = val_loss
+                self._save(self.run_dir / "best.pt", epoch)
+            if tc.save_model_interval and epoch % tc.save_model_interval == 0:
+                self._save(self.run_dir / f"ckpt_{epoch}.pt", epoch)
+            last = epoch == tc.num_epoch
+            if last or epoch % max(tc.checkpoint_every, 1) == 0:
+                self._save(self.run_dir / "last.pt", epoch, finished=last)
+            history.append(record)
+            if dist.is_main():
+                with open(self.run_dir / "history.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+        return self.finish()
+
+    def validation_metrics(self, epoch: int) -> dict:
+        protocol = make_protocol(self.dataset, self.cfg.data.t_his, self.cfg.data.multimodal_threshold,
+                                 split="val", device=self.device)
+        result = evaluate(self.model, protocol, self.stage.sampler, num_samples=self.cfg.train.num_samples,
+                          batch_size=self.cfg.train.eval_batch_size, seed=self.cfg.train.seed, progress=False,
+                          **({"guidance": self.cfg.train.mod_test} if self.stage.sampler == "ddim" else {}))
+        self.log.info("validation " + " ".join(f"{k} {v:.4f}" for k, v in result.items() if v is not None and k != "seconds_per_window"))
+        if self.tb:
+            for k, v in result.items():
+                if v is not None and k != "seconds_per_window":
+                    self.tb.add_scalar(f"val/{k}", v, epoch)
+        return result
+
+    def finish(self) -> Path:
+        """Write the stage's result (the selected weights) where the next stage looks for it."""
+        target = result_path(self.out_dir, self.stage.name)
+        if dist.is_main():
+            source = self.run_dir / ("best.pt" if self.select == "best" and (self.run_dir / "best.pt").is_file() else "last.pt")
+            state = read_file(source)
+            state.pop("optimizer", None)
+            state.pop("scheduler", None)
+            state["run_dir"] = str(self.run_dir)
+            state["selected"] = "best validation loss" if source.name == "best.pt" else "last epoch"
+            from .checkpoints import atomic_save
+
+            atomic_save(state, target)
+            self.log.info(f"wrote {target} ({state['selected']}, epoch {state['epoch']})")
+            if self.tb:
+                self.tb.close()
+        dist.barrier()
+        return target

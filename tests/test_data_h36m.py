@@ -1,0 +1,183 @@
+"""Human3.6M-format reader and test protocol: the real CMU capture, the published CSVs, and error cases."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import shared_path
+
+from spard.config import preset
+from spard.data import H36M, load_dataset
+from spard.data.dataset import Clip
+from spard.metrics import H36M_CLASSES, H36M_CMD_REFERENCE
+from spard.data.protocol import cut, read_mmapd, read_segments, rule_starts, segment_starts
+from spard.data.skeletons import H36M_KEPT
+
+
+def h36m_cfg(data_dir, **overrides):
+    return replace(preset("h36m").data, data_dir=str(data_dir), **overrides)
+
+
+def tiny_cfg(data_dir, **overrides):
+    return h36m_cfg(data_dir, train_splits=("S1",), test_splits=("S9",), **overrides)
+
+
+@pytest.fixture(scope="module")
+def cmu():
+    folder = shared_path("data", "cmu_h36m")
+    raw = np.load(folder / "data_3d_h36m.npz", allow_pickle=True)["positions_3d"].item()
+    return folder, raw, load_dataset(h36m_cfg(folder))
+
+
+def write_npz(path, lengths: dict[str, dict[str, int]], seed=0):
+    """A GSPS-format file with random-walk positions; `lengths[subject][action]` frames each."""
+    rng = np.random.default_rng(seed)
+    data = {s: {a: np.cumsum(rng.normal(0, 0.01, (n, 32, 3)), axis=0).astype(np.float32) + 1 for a, n in acts.items()}
+            for s, acts in lengths.items()}
+    np.savez_compressed(path, positions_3d=data)
+    return data
+
+
+TINY = {"S1": {"Walk 1": 300, "Walk 2": 260, "Sit 1": 280, "Sit": 240}, "S9": {"Walk": 200, "Sit 3": 180}}
+
+
+# --- the real CMU capture in the Human3.6M format -------------------------------------------------
+
+def test_cmu_test_windows_follow_the_segments_csv(cmu):
+    folder, raw, ds = cmu
+    rows = read_segments(folder / "segments_test.csv")
+    assert ds.test_windows.shape == (166, 125, 17, 3) and ds.test_windows.dtype == np.float32
+    assert len(rows) == 166
+    for k in (0, 1, 82, 83, 165):  # CSV order, frames pred_init - 25 .. pred_init + 99
+        (subject, action), first = rows[k].key, rows[k].pred_init - 25
+        expected = raw[subject][action][first:first + 125, H36M_KEPT]
+        np.testing.assert_array_equal(ds.test_windows[k, :, 0], expected[:, 0])  # root keeps its world position
+        np.testing.assert_allclose(ds.test_windows[k, :, 1:], expected[:, 1:] - expected[:, :1], atol=1e-6)
+
+
+def test_cmu_classes_and_references_come_from_classes_json(cmu):
+    folder, _, ds = cmu
+    spec = json.loads((folder / "classes.json").read_text())
+    assert ds.classes == spec["classes"]
+    assert np.bincount(ds.test_labels, minlength=len(ds.classes)).tolist() == spec["test_windows_per_class"]
+    assert np.isnan(ds.cmd_reference[ds.classes.index("Running")])
+    np.testing.assert_allclose(ds.cmd_reference[0], spec["mean_motion_per_class"][0])
+    assert ds.mmapd.shape == (166,) and (ds.mmapd == 0).sum() == spec["mmapd_zero_windows"]
+
+
+def test_cmu_splits_skeleton_and_notes(cmu):
+    _, _, ds = cmu
+    assert ds.skeleton is H36M and ds.skeleton.num_joints == 16
+    assert H36M.parents[11] == H36M.parents[14] == 8  # shoulders re-parented to the thorax
+    assert {c.key[0] for c in ds.train + ds.val} <= {"S1", "S5", "S6", "S7", "S8"}
+    assert {c.key[0] for c in ds.test} == {"S9", "S11"}
+    assert ds.val and not {c.key for c in ds.val} & {c.key for c in ds.train}
+    assert all(len(c.poses) >= 125 for c in ds.train + ds.val + ds.test)
+    assert len(ds.val_windows) == len(ds.val_labels) > 0
+    notes = " | ".join(ds.notes)
+    assert "skipped 9 train sequences shorter than 125 frames" in notes
+    assert "skipped 3 test sequences shorter than 125 frames" in notes and "S11/Running 2 (79)" in notes
+
+
+def test_cmu_segments_equal_the_published_rule(cmu):
+    _, _, ds = cmu
+    windows, labels = cut(ds.test, rule_starts(ds.test, 25, 125), 125, 17)
+    np.testing.assert_array_equal(windows, ds.test_windows)
+    np.testing.assert_array_equal(labels, ds.test_labels)
+
+
+# --- the published protocol files ------------------------------------------------------------------
+
+def test_published_h36m_segments_parse_and_follow_the_rule():
+    rows = read_segments(shared_path("data", "protocol", "h36m", "segments_test.csv"))
+    assert len(rows) == 5168
+    assert (rows[0].key, rows[0].pred_init) == (("S9", "Directions 1"), 25)
+    assert (rows[-1].key, rows[-1].pred_init) == (("S11", "WalkTogether"), 1250)
+    assert sum(r.key[0] == "S9" for r in rows) == 3041
+    # sequences of those lengths give the same windows, in the same order, by the published rule
+    length = {}
+    for r in rows:
+        length[r.key] = r.pred_init + 100
+    clips = [Clip(key, 0, np.zeros((n, 1, 3), np.float32)) for key, n in length.items()]
+    assert segment_starts(rows, clips, 25, 125) == rule_starts(clips, 25, 125)
+
+
+def test_published_h36m_mmapd_parses():
+    mmapd = read_mmapd(shared_path("data", "protocol", "h36m", "mmapd_GT.csv"))
+    assert mmapd.shape == (5168,) and (mmapd == 0).sum() == 73
+    np.testing.assert_allclose(mmapd[0], 9.17753768327269)
+
+
+# --- synthetic files: defaults and errors ----------------------------------------------------------
+
+def test_classes_default_to_sorted_categories_and_rule_windows(tmp_path):
+    raw = write_npz(tmp_path / "data_3d_h36m.npz", TINY)
+    ds = load_dataset(tiny_cfg(tmp_path, val_fraction=0.3))
+    assert ds.classes == ["Sit", "Walk"] and ds.cmd_reference is None and ds.mmapd is None
+    assert [c.key for c in ds.test] == [("S9", "Walk"), ("S9", "Sit 3")]
+    assert len(ds.test_windows) == 4 + 3  # starts 0, 25, ... while the window fits
+    assert ds.test_labels.tolist() == [1] * 4 + [0] * 3
+    np.testing.assert_allclose(ds.test_windows[1, 0, 0], raw["S9"]["Walk"][25, 0])
+    assert [c.key for c in ds.val] == [("S1", "Walk 2"), ("S1", "Sit")]  # per class from the end, never a first clip
+    assert ds.val_windows.shape == (6 + 5, 125, 17, 3)
+
+
+def test_the_published_categories_get_the_published_ids_and_cmd_reference(tmp_path):
+    takes = {name + " 1": 130 for name in reversed(H36M_CLASSES)}
+    write_npz(tmp_path / "data_3d_h36m.npz", {"S1": takes, "S9": takes})
+    ds = load_dataset(tiny_cfg(tmp_path))
+    assert ds.classes == list(H36M_CLASSES) and ds.cmd_reference.tolist() == list(H36M_CMD_REFERENCE)
+    assert ds.test_labels.tolist() == list(reversed(range(15)))
+
+
+def test_data_dir_may_name_the_file(tmp_path):
+    write_npz(tmp_path / "other.npz", TINY)
+    ds = load_dataset(tiny_cfg(tmp_path / "other.npz"))
+    assert len(ds.test_windows) == 7
+
+
+def one_line_error(kind, match, cfg):
+    with pytest.raises(kind, match=match) as err:
+        load_dataset(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_errors_for_bad_files(tmp_path):
+    one_line_error(FileNotFoundError, "prepare_data_h36m.*--data_dir", h36m_cfg(tmp_path / "missing"))
+    np.savez(tmp_path / "data_3d_h36m.npz", poses=np.zeros(3))
+    one_line_error(ValueError, "no 'positions_3d'", h36m_cfg(tmp_path))
+    raw = write_npz(tmp_path / "data_3d_h36m.npz", TINY)
+    raw["S1"]["Sit"][7, 3, 1] = np.nan
+    np.savez(tmp_path / "data_3d_h36m.npz", positions_3d=raw)
+    one_line_error(ValueError, "S1/Sit contains NaN", tiny_cfg(tmp_path))
+    raw["S1"]["Sit"] = raw["S1"]["Sit 1"][:, :17]
+    np.savez(tmp_path / "data_3d_h36m.npz", positions_3d=raw)
+    one_line_error(ValueError, r"S1/Sit has shape \[280, 17, 3\]", tiny_cfg(tmp_path))
+
+
+def test_errors_for_splits_that_give_no_window(tmp_path):
+    write_npz(tmp_path / "data_3d_h36m.npz", {"S1": {"Walk": 100}, "S9": {"Walk": 200}, "S11": {"Walk": 90}})
+    one_line_error(ValueError, "every training sequence .* shorter than a window of 125", tiny_cfg(tmp_path))
+    one_line_error(ValueError, "no test window", h36m_cfg(tmp_path, train_splits=("S9",), test_splits=("S11",)))
+    one_line_error(ValueError, "subject 'S7' is not in", h36m_cfg(tmp_path, train_splits=("S7",)))
+    one_line_error(ValueError, "num_joints is 21 but h36m has 16", tiny_cfg(tmp_path, num_joints=21))
+
+
+@pytest.mark.parametrize("row, match", [
+    ("S12,Walk,0,25,124", "line 3 .*'S12' is not in the test split"),
+    ("S9,Run,0,25,124", "line 3 .*S9 has no sequence 'Run'"),
+    ("S9,Walk,150,175,274", r"line 3 .*frames 150..274 lie outside the sequence's 200 frames"),
+    ("S9,Walk,x,y,z", "line 3 .*pred_init 'y' is not an integer"),
+])
+def test_errors_for_bad_segment_rows(tmp_path, row, match):
+    write_npz(tmp_path / "data_3d_h36m.npz", TINY)
+    (tmp_path / "segments_test.csv").write_text(f"subject,action,init,pred_init,pred_end\nS9,Walk,0,25,124\n{row}\n")
+    one_line_error(ValueError, match, tiny_cfg(tmp_path))
+
+
+def test_mmapd_must_match_the_test_windows(tmp_path):
+    write_npz(tmp_path / "data_3d_h36m.npz", TINY)
+    (tmp_path / "mmapd_GT.csv").write_text("id,gt_APD\n0,1.5\n1,0.0\n")
+    one_line_error(ValueError, "2 rows for 7 test windows", tiny_cfg(tmp_path))
