@@ -104,8 +104,9 @@ def add_run_flags(p: argparse.ArgumentParser, default_cfg: str | None) -> None:
     g.add_argument("--overwrite", action="store_true", help="allow replacing an existing stage result")
     g.add_argument("--select", choices=("best", "last"), default="best",
                    help="weights written as the stage result: best validation loss or last epoch")
-    g.add_argument("--sample", choices=("ddim", "onestep", "np"), default=None,
-                   help="sampler for evaluation (default: the mode's own: ddim, onestep or np)")
+    g.add_argument("--sample", choices=("ddim", "onestep", "np", "zero_velocity", "constant_velocity"), default=None,
+                   help="sampler for evaluation (default: the mode's own: ddim, onestep or np); the two "
+                        "baselines need no checkpoint")
     g.add_argument("--ckpt", "--model_ckpt", dest="ckpt", default="", help="base (stage-1) checkpoint")
     g.add_argument("--distill_ckpt", default="", help="distilled (stage-2) checkpoint")
     g.add_argument("--np_ckpt", default="", help="noise-predictor (stage-3) checkpoint")
@@ -281,7 +282,8 @@ def run_mode(mode: str, args) -> dict | None:
     for note in dataset.notes:
         log.info(note)
 
-    if mode == "train":
+    baseline = mode not in MODE_STAGE and args.sample in ("zero_velocity", "constant_velocity")
+    if mode == "train" or baseline:
         from .model import SPARD
         model = SPARD(cfg)
     elif mode == "distill":
@@ -302,6 +304,8 @@ def run_mode(mode: str, args) -> dict | None:
         return None
 
     sampler = args.sample or MODE_SAMPLER[mode]
+    if baseline:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_samples=1))
     if sampler == "np" and mode != "np_eval":
         raise UsageError(f"--sample np needs the noise predictor: use --mode np_eval with --np_ckpt")
     classifier = load_fid_classifier(cfg.data.fid_classifier, device) if cfg.data.fid_classifier else None
@@ -446,3 +450,7 @@ def h36m_main() -> None:
 
 def amass_main() -> None:
     sys.exit(main(prog="amass_main.py", default_cfg="amass"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

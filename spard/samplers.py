@@ -123,7 +123,10 @@ SAMPLERS = {"ddim": ddim, "onestep": onestep, "np": np_sample}
 
 
 def get_sampler(name: str):
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
+    """A sampler by name, or one of the trivial baselines (`zero_velocity`, `constant_velocity`)."""
+    from .baselines import BASELINES
+
+    found = SAMPLERS.get(name) or BASELINES.get(name)
+    if found is None:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS) + sorted(BASELINES)}")
+    return found

@@ -167,6 +167,8 @@ class Trainer:
         for batch in self.windows.batches(tc.batch_size, self.generator, rank=rank, world_size=world):
             n = batch.global_size
             draws = _slice(self.stage.draw(self.model, n, self.generator, self.cfg), batch.lo, batch.hi, n)
+            if n < 2 * world:  # BatchNorm cannot train on one window: skip such a last batch
+                continue
             traj = to_model_space(batch.poses)  # [B, T, D]
             with amp:
                 loss = self.step_loss(traj, **draws)
