@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,20 @@ STAGE_SAMPLER = {"base": "ddim", "distill": "onestep", "np": "np"}
 STAGE_FILES = ("np_ckpt.pt", "distill_ckpt.pt", "ckpt.pt")
 
 
-def _find_checkpoint(path: Path) -> Path:
-    if path.is_dir():
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file itself, or the latest stage's file in a stage folder or results folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for folder in (path, path / "np", path / "distill", path / "train"):
         for name in STAGE_FILES:
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path} holds none of {', '.join(STAGE_FILES)}; give the checkpoint file itself")
-    return path
+            if (folder / name).is_file():
+                return folder / name
+    raise CheckpointError(f"{path} holds none of {', '.join(STAGE_FILES)}; give the checkpoint file itself")
 
 
 class Predictor:
@@ -48,7 +56,9 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", sampler: str | None = None) -> "Predictor":
         """A checkpoint file or a stage folder (`results/demo/np`); the sampler follows the stage."""
-        model, ckpt = load_model(_find_checkpoint(Path(path)), map_location="cpu")
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available here; use device='cpu'")
+        model, ckpt = load_model(find_checkpoint(path), map_location="cpu")
         return cls(model.to(device), ckpt["stage"], sampler)
 
     @property
@@ -74,10 +84,12 @@ class Predictor:
         return self.model.sqrt_etas.device
 
     def _check(self, history) -> torch.Tensor:
+        """`history` as a float32 tensor `[B, frames, J, 3]`, or a one-line ValueError saying what is wrong."""
         if isinstance(history, np.ndarray):
             if not np.issubdtype(history.dtype, np.floating):
                 raise ValueError(f"history must hold floating-point positions in metres, got dtype {history.dtype}")
-            history = torch.from_numpy(np.ascontiguousarray(history))
+            with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused below
+                history = torch.from_numpy(np.ascontiguousarray(history, dtype=np.float32))
         elif not isinstance(history, torch.Tensor):
             raise ValueError(f"history must be a numpy array or torch tensor, got {type(history).__name__}")
         elif not history.is_floating_point():
@@ -85,11 +97,25 @@ class Predictor:
         want = f"[t_his={self.t_his}, J={self.num_joints}, 3] or [B, t_his, J, 3]"
         if history.dim() not in (3, 4) or tuple(history.shape[-2:]) != (self.num_joints, 3):
             raise ValueError(f"history must be {want}, got {list(history.shape)}")
+        if history.dim() == 4 and history.shape[0] == 0:
+            raise ValueError("history holds an empty batch [0, t_his, J, 3]; give at least one history")
         if history.shape[-3] < self.t_his:
             raise ValueError(f"history has {history.shape[-3]} frames, the model needs at least t_his={self.t_his}")
+        history = history.float()
         if not torch.isfinite(history).all():
             raise ValueError("history contains NaN or infinite values; fill or drop those frames first")
-        return history
+        return history if history.dim() == 4 else history[None]
+
+    def _sampler(self, name: str, num_samples, batch_size, seed):
+        """The sampler function, after one-line checks of predict's options."""
+        for what, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+            if not (_is_int(value) and value >= 1):
+                raise ValueError(f"{what} must be a positive integer, got {value!r}")
+        if seed is not None and not _is_int(seed):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}")
+        if name == "np" and self.stage != "np":
+            raise ValueError(f"a '{self.stage}' checkpoint has no trained noise predictor; use sampler 'ddim' or 'onestep'")
+        return get_sampler(name)
 
     @torch.no_grad()
     def predict(self, history, num_samples: int = 50, *, sampler: str | None = None, seed: int | None = 0,
@@ -99,14 +125,11 @@ class Predictor:
         Returns the input's type (numpy in, numpy out). `seed` fixes the noise of ddim/onestep
         (None: fresh noise); np futures are a deterministic function of the history.
         """
-        poses = self._check(history)
+        poses = self._check(history)[:, -self.t_his:].to(self.device)  # [B, t_his, J, 3] float32
+        sample = self._sampler(sampler or self.sampler, num_samples, batch_size, seed)
         as_numpy = isinstance(history, np.ndarray)
-        if poses.dim() == 3:
-            poses = poses[None]
-        poses = poses[:, -self.t_his:].to(self.device, torch.float32)  # [B, t_his, J, 3]
         root = poses[:, :, :1]  # [B, t_his, 1, 3]
         relative = (poses[:, :, 1:] - root).flatten(-2)  # [B, t_his, D]
-        sample = get_sampler(sampler or self.sampler)
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
         chunks = []
         for part in relative.split(batch_size):
@@ -115,4 +138,4 @@ class Predictor:
         future = torch.cat(chunks).unflatten(-1, (-1, 3))  # [B, K, t_pred, J-1, 3]
         last_root = root[:, -1][:, None, None].expand(-1, future.shape[1], future.shape[2], 1, 3)
         out = torch.cat([last_root, future + last_root], dim=-2)  # [B, K, t_pred, J, 3]
-        return out.cpu().numpy().astype(history.dtype, copy=False) if as_numpy else out.to(history.dtype)
+        return out.cpu().numpy().astype(history.dtype, copy=False) if as_numpy else out.to(history.device, history.dtype)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -35,18 +36,28 @@ class CheckpointError(ValueError):
 # reading and writing files
 
 def atomic_save(obj, path: str | Path) -> None:
-    """`torch.save` to a temporary file beside `path`, flushed and fsynced, then renamed over it."""
+    """`torch.save` to a temporary file beside `path`, flushed and fsynced, then renamed over it.
+
+    On any failure (disk full, no permission, interrupted) the temporary file is removed and the
+    previous `path`, if any, is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+            message = f"cannot write {path} ({e.strerror or e}); {kept}: free disk space or choose another --out_dir"
+            raise (OSError(e.errno, message) if e.errno else OSError(message)) from None
         raise
 
 
@@ -55,17 +66,28 @@ def read_file(path: str | Path, map_location="cpu"):
     path = Path(path)
     if not str(path):
         raise CheckpointError("no checkpoint path given: pass the file written by the previous stage")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder: give the checkpoint file in it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: check the path, or run the stage that writes it first")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): use an intact copy or retrain")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # unpickling refused, truncated zip, not a torch file, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain data; "
-                                  f"refusing to unpickle it (it could run code)") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first[:160]}); "
-                              f"use an intact copy or retrain") from None
+    except Exception as e:  # noqa: BLE001 - unpickling refused, truncated zip, not a torch file, ...
+        raise _unreadable(path, str(e)) from None
+
+
+def _unreadable(path: Path, error: str) -> CheckpointError:
+    """The one-line error for a file `torch.load(weights_only=True)` refused with `error`."""
+    code = re.search(r"GLOBAL ([\w.]+)", error)
+    if code:
+        return CheckpointError(f"checkpoint {path} holds {code.group(1)}, not only tensors and plain data; "
+                               f"refusing to unpickle it (it could run code)")
+    lines = [line.strip() for line in error.splitlines() if line.strip()] or ["unreadable"]
+    after = [i + 1 for i, line in enumerate(lines[:-1]) if line.endswith("WeightsUnpickler error:")]
+    detail = lines[after[0] if after else 0].split(". ")[0][:160]
+    return CheckpointError(f"checkpoint {path} is corrupt or truncated ({detail}); use an intact copy or retrain")
 
 
 def dataset_signature(cfg: Config) -> dict:
@@ -133,7 +155,15 @@ def load_model(path, cfg: Config | None = None, *, stages: tuple[str, ...] = STA
     if not is_ours(ckpt):
         raise CheckpointError(f"{path} is not a spard checkpoint ({kind_of(ckpt)}); published weights load "
                               f"with `spard convert` or the --ckpt/--distill_ckpt/--np_ckpt flags")
-    saved = Config.from_dict(ckpt["config"])
+    missing = [key for key in ("stage", "config", "dataset", "model") if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}: it is an incomplete spard checkpoint; "
+                              f"use an intact copy or retrain")
+    try:
+        saved = Config.from_dict(ckpt["config"])
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path} holds an unreadable config ({str(e).splitlines()[0][:160]}); "
+                              f"was it written by another spard version?") from None
     check_compatible(ckpt, cfg or saved, path, stages)
     if cfg is not None:
         # the architecture is the checkpoint's; data and training settings are the caller's

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,8 @@ CONFIG_FLAGS = {
     "per_sample_dropout": ("train", "per_sample_dropout"), "loss": ("train", "loss"), "seed": ("train", "seed"),
     "num_samples": ("train", "num_samples"), "eval_batch_size": ("train", "eval_batch_size"),
     "metrics_epoch": ("train", "metrics_epoch"), "save_model_interval": ("train", "save_model_interval"),
-    "checkpoint_every": ("train", "checkpoint_every"), "amp": ("train", "amp"),
+    "checkpoint_every": ("train", "checkpoint_every"), "amp": ("train", "amp"), "tf32": ("train", "tf32"),
+    "compile": ("train", "compile"),
 }
 
 
@@ -131,7 +133,7 @@ def add_run_flags(p: argparse.ArgumentParser, default_cfg: str | None) -> None:
         "gamma": _positive(float), "div_k": _positive(int), "mod_train": _fraction, "mod_test": float,
         "per_sample_dropout": _bool, "loss": str, "seed": int, "num_samples": _positive(int),
         "eval_batch_size": _positive(int), "metrics_epoch": int, "save_model_interval": int,
-        "checkpoint_every": _positive(int), "amp": str,
+        "checkpoint_every": _positive(int), "amp": str, "tf32": _bool, "compile": str,
     }
     aliases = {"augmentation": ["--augumentation", "--aug"], "mod_test": ["--mode_test"], "np_k": ["--k"]}
     for name, kind in typed.items():
@@ -167,6 +169,8 @@ def validate(cfg) -> None:
         (0.0 <= t.mod_test <= 1.0, f"--mode_test (guidance weight, an interpolation) must be in [0, 1], got {t.mod_test}"),
         (t.loss in ("mae", "mse"), f"--loss must be mae or mse, got {t.loss!r}"),
         (t.amp in ("none", "bf16"), f"--amp must be none or bf16, got {t.amp!r}"),
+        (t.compile in ("none", "default", "reduce-overhead"),
+         f"--compile must be none, default or reduce-overhead, got {t.compile!r}"),
         (s.schedule in ("exponential", "linear"), f"--scheduler must be exponential or linear, got {s.schedule!r}"),
         (s.noise_steps >= 2, f"--noise_steps must be >= 2, got {s.noise_steps}"),
         (1 <= s.sample_steps <= s.noise_steps, f"--sample_steps must be in [1, noise_steps={s.noise_steps}], got {s.sample_steps}"),
@@ -258,30 +262,29 @@ def run_mode(mode: str, args) -> dict | None:
     from .data import load_dataset
     from .evaluate import evaluate, format_metrics, make_protocol
     from .metrics import load_fid_classifier
-    from .runs import make_logger, open_run, check_writable
+    from .runs import check_writable, make_folder, make_logger, open_run
 
     cfg = build_config(args)
+    sampler = args.sample or MODE_SAMPLER[mode]
+    if mode not in MODE_STAGE and sampler == "np" and mode != "np_eval":
+        raise UsageError("--sample np needs the noise predictor: use --mode np_eval with --np_ckpt")
     device = dist.setup(resolve_device(args.device))
     seed_everything(cfg.train.seed)
     out_dir = Path(args.out_dir) if args.out_dir else Path("results") / args.cfg
 
+    # everything that can fail on bad input is checked before any file is created or written
     if mode in MODE_STAGE:
-        stage = MODE_STAGE[mode]
-        run_dir, resume_from = open_run(out_dir, stage, resume=args.resume, overwrite=args.overwrite) \
+        run_dir, resume_from = open_run(out_dir, MODE_STAGE[mode], resume=args.resume, overwrite=args.overwrite) \
             if dist.is_main() else (None, None)
         run_dir, resume_from = dist.broadcast_object((run_dir, resume_from))
-        log = make_logger(run_dir if dist.is_main() else None, quiet=not dist.is_main())
     else:
         check_writable(out_dir / "eval")
-        log = make_logger(None, quiet=not dist.is_main())
-    log.info("=" * 80)
-    log.info(json.dumps({"mode": mode, **cfg.to_dict()}))
-    log.info("=" * 80)
+        if args.json:
+            check_writable(Path(args.json).absolute().parent)
+            if Path(args.json).exists() and not args.overwrite:
+                raise UsageError(f"--json {args.json} already exists; pass --overwrite to replace it, or another path")
 
     dataset = load_dataset(cfg.data)
-    for note in dataset.notes:
-        log.info(note)
-
     baseline = mode not in MODE_STAGE and args.sample in ("zero_velocity", "constant_velocity")
     if mode == "train" or baseline:
         from .model import SPARD
@@ -296,18 +299,27 @@ def run_mode(mode: str, args) -> dict | None:
 
     if mode in MODE_STAGE:
         from .train import Trainer
-        trainer = Trainer(model.cfg, MODE_STAGE[mode], model, dataset, run_dir, out_dir, torch.device(device), log,
-                          resume_from=resume_from, select=args.select, progress=not args.no_progress)
+        created = make_folder(run_dir) if dist.is_main() else None
+        log = make_logger(run_dir if dist.is_main() else None, quiet=not dist.is_main())
+        try:
+            _log_start(log, mode, cfg, dataset)
+            trainer = Trainer(model.cfg, MODE_STAGE[mode], model, dataset, run_dir, out_dir, torch.device(device), log,
+                              resume_from=resume_from, select=args.select, progress=not args.no_progress)
+        except BaseException:  # a run that could not start leaves no folder behind
+            for handler in log.handlers:
+                handler.close()
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
         result_file = trainer.fit()
         log.info(f"stage result: {result_file}")
         dist.teardown()
         return None
 
-    sampler = args.sample or MODE_SAMPLER[mode]
+    log = make_logger(None, quiet=not dist.is_main())
+    _log_start(log, mode, cfg, dataset)
     if baseline:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_samples=1))
-    if sampler == "np" and mode != "np_eval":
-        raise UsageError(f"--sample np needs the noise predictor: use --mode np_eval with --np_ckpt")
     classifier = load_fid_classifier(cfg.data.fid_classifier, device) if cfg.data.fid_classifier else None
     protocol = make_protocol(dataset, cfg.data.t_his, cfg.data.multimodal_threshold, fid_classifier=classifier,
                              device=device)
@@ -326,6 +338,14 @@ def run_mode(mode: str, args) -> dict | None:
         log.info(f"metrics written to {path}")
     dist.teardown()
     return result
+
+
+def _log_start(log, mode: str, cfg, dataset) -> None:
+    log.info("=" * 80)
+    log.info(json.dumps({"mode": mode, **cfg.to_dict()}))
+    log.info("=" * 80)
+    for note in dataset.notes:
+        log.info(note)
 
 
 def _new_file(folder: Path, stem: str, suffix: str) -> Path:
@@ -401,12 +421,12 @@ def run_convert(args) -> None:
 COMMANDS = {"convert": (convert_parser, run_convert)}
 
 
-def _extra_commands():
-    """Commands that live in their own modules (imported only when used)."""
-    from . import demo, export, render
+def _extra_command(name: str):
+    """`(parser, run)` of a command that lives in its own module (imported only when used)."""
+    import importlib
 
-    return {"demo": (demo.parser, demo.run), "render": (render.parser, render.run),
-            "export": (export.parser, export.run)}
+    module = importlib.import_module(f"{__package__}.{name}")
+    return module.parser, module.run
 
 
 def main(argv: list[str] | None = None, prog: str = "spard", default_cfg: str | None = None) -> int:
@@ -420,7 +440,7 @@ def main(argv: list[str] | None = None, prog: str = "spard", default_cfg: str | 
             make, run = COMMANDS[argv[0]]
             run(make().parse_args(argv[1:]))
         elif argv and argv[0] in ("demo", "render", "export"):
-            make, run = _extra_commands()[argv[0]]
+            make, run = _extra_command(argv[0])
             run(make().parse_args(argv[1:]))
         elif not argv or argv[0].startswith("-"):
             args = mode_parser(prog, default_cfg, None).parse_args(argv)

@@ -42,16 +42,13 @@ def pad_indices(t_his: int, t_pred: int, mode: str = "LastFrame") -> torch.Tenso
     raise ValueError(f"unknown padding {mode!r}; choose LastFrame or Repeat")
 
 
-def pad_history(history: torch.Tensor, t_pred: int, mode: str = "LastFrame") -> torch.Tensor:
-    """`[B, t_his, D]` -> `[B, t_his + t_pred, D]`, the future filled from the history (see `pad_indices`)."""
-    return history[..., pad_indices(history.shape[-2], t_pred, mode).to(history.device), :]
-
-
 def to_dct(traj: torch.Tensor, dct: torch.Tensor, n: int) -> torch.Tensor:
-    """First `n` DCT coefficients of a trajectory: `[B, T, D]` -> `[B, n, D]`."""
-    return dct[:n] @ traj
+    """First `n` DCT coefficients of a trajectory: `[B, T, D]` -> `[B, n, D]` (always float32)."""
+    with torch.autocast(traj.device.type, enabled=False):
+        return dct[:n] @ traj.float()
 
 
 def from_dct(coeffs: torch.Tensor, idct: torch.Tensor) -> torch.Tensor:
-    """Trajectory from its first `n` coefficients (the rest zero): `[B, n, D]` -> `[B, T, D]`."""
-    return idct[:, : coeffs.shape[-2]] @ coeffs
+    """Trajectory from its first `n` coefficients (the rest zero): `[B, n, D]` -> `[B, T, D]` (float32)."""
+    with torch.autocast(coeffs.device.type, enabled=False):
+        return idct[:, : coeffs.shape[-2]] @ coeffs.float()

@@ -40,7 +40,7 @@ def eta_schedule(cfg: DiffusionConfig) -> np.ndarray:
     raise ValueError(f"unknown schedule {cfg.schedule!r}; choose 'exponential' or 'linear'")
 
 
-def sampling_timesteps(noise_steps: int, sample_steps: int) -> torch.Tensor:
+def sampling_timesteps(noise_steps: int, sample_steps: int) -> tuple[int, ...]:
     """Descending timesteps visited by the samplers; the first is T = noise_steps - 1, the last 0.
 
     All steps when `sample_steps == noise_steps` (5 -> [4, 3, 2, 1, 0]); otherwise the published
@@ -49,28 +49,31 @@ def sampling_timesteps(noise_steps: int, sample_steps: int) -> torch.Tensor:
     if not 1 <= sample_steps <= noise_steps:
         raise ValueError(f"sample_steps must be in [1, noise_steps={noise_steps}], got {sample_steps}")
     if sample_steps == noise_steps:
-        return torch.arange(noise_steps - 1, -1, -1)
+        return tuple(range(noise_steps - 1, -1, -1))
     if sample_steps == 1:
-        return torch.tensor([noise_steps - 1])
+        return (noise_steps - 1,)
     if sample_steps == 2:
-        return torch.tensor([noise_steps - 1, 0])
+        return (noise_steps - 1, 0)
     stride = (noise_steps - 1) / (sample_steps - 2)
-    middle = torch.arange(noise_steps - 1, 1, -stride).long()
-    return torch.cat([middle, torch.tensor([1, 0])])
+    middle = torch.arange(noise_steps - 1, 1, -stride).long().tolist()
+    return (*middle, 1, 0)
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """The schedule as the samplers and losses use it (float32 tensors on the model's device)."""
+    """The schedule as the samplers and losses use it (float32 tensors on the model's device).
+
+    The sampling steps are plain integers, so sampling never waits on the device (CUDA graphs).
+    """
 
     sqrt_etas: torch.Tensor  # [S]
     kappa: float
-    timesteps: torch.Tensor  # [n] sampling steps, descending
+    timesteps: tuple[int, ...]  # sampling steps, descending
 
     @classmethod
     def from_config(cls, cfg: DiffusionConfig, device=None) -> "Schedule":
         sqrt_etas = torch.tensor(eta_schedule(cfg), dtype=torch.float32, device=device)
-        return cls(sqrt_etas, float(cfg.kappa), sampling_timesteps(cfg.noise_steps, cfg.sample_steps).to(device))
+        return cls(sqrt_etas, float(cfg.kappa), sampling_timesteps(cfg.noise_steps, cfg.sample_steps))
 
     @property
     def etas(self) -> torch.Tensor:
@@ -79,10 +82,10 @@ class Schedule:
     @property
     def t_max(self) -> int:
         """The step the samplers start from."""
-        return int(self.timesteps[0])
+        return self.timesteps[0]
 
     def to(self, device) -> "Schedule":
-        return Schedule(self.sqrt_etas.to(device), self.kappa, self.timesteps.to(device))
+        return Schedule(self.sqrt_etas.to(device), self.kappa, self.timesteps)
 
 
 def _per_sample(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from . import distributed as dist
 from . import metrics
 from .data.dataset import Dataset
+from .fast import autocast
 from .model import SPARD, to_model_space
 from .samplers import get_sampler
 
@@ -71,9 +72,10 @@ def _block_noise_generator(seed: int, block: int, device) -> torch.Generator:
 
 @torch.no_grad()
 def evaluate(model: SPARD, protocol: Protocol, sampler: str, *, num_samples: int = 50, batch_size: int = 16,
-             seed: int = 0, progress: bool = True, **sampler_options) -> dict:
+             seed: int = 0, progress: bool = True, precision: str = "fp32", **sampler_options) -> dict:
     """Metrics of `sampler` on the protocol's windows, averaged the published way (formats.md section 4).
 
+    `precision` 'bf16' runs the sampler under bf16 autocast (the metrics stay in float32).
     Returns the eight metrics (FID None without a classifier) plus `seconds_per_window`.
     """
     sample = get_sampler(sampler)
@@ -92,8 +94,9 @@ def evaluate(model: SPARD, protocol: Protocol, sampler: str, *, num_samples: int
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        pred = sample(model, traj[:, :t_his], num_samples, generator=_block_noise_generator(seed, block, device),
-                      **sampler_options)[:, :, t_his:]  # [B, S, t_pred, D]
+        with autocast(precision, device.type):
+            pred = sample(model, traj[:, :t_his], num_samples, generator=_block_noise_generator(seed, block, device),
+                          **sampler_options)[:, :, t_his:].float()  # [B, S, t_pred, D]
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed += time.perf_counter() - start

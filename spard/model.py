@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .config import Config
-from .dct import pad_history, to_dct
+from .dct import pad_indices, to_dct
 from .diffusion import Schedule
 from .nets import Denoiser, NoisePredictor
 
@@ -22,7 +22,9 @@ class SPARD(nn.Module):
         self.noise_predictor = NoisePredictor(cfg.noise_predictor)
         s = Schedule.from_config(cfg.diffusion)
         self.register_buffer("sqrt_etas", s.sqrt_etas, persistent=False)
-        self.register_buffer("timesteps", s.timesteps, persistent=False)
+        self.timesteps = s.timesteps  # plain ints
+        pad = pad_indices(cfg.denoiser.t_his, cfg.denoiser.t_total - cfg.denoiser.t_his, cfg.denoiser.padding)
+        self.register_buffer("pad_index", pad, persistent=False)  # [T] history frame per window frame
 
     @property
     def schedule(self) -> Schedule:
@@ -42,8 +44,7 @@ class SPARD(nn.Module):
 
     def condition(self, history: torch.Tensor) -> torch.Tensor:
         """`y`: the DCT of the padded history, `[B, t_his, D]` -> `[B, n_pre, D]`."""
-        padded = pad_history(history, self.t_pred, self.cfg.denoiser.padding)
-        return to_dct(padded, self.denoiser.dct, self.n_pre)
+        return to_dct(history[:, self.pad_index], self.denoiser.dct, self.n_pre)
 
     def encode(self, traj: torch.Tensor) -> torch.Tensor:
         """`x0`: the DCT of the whole trajectory, `[B, T, D]` -> `[B, n_pre, D]`."""

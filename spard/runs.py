@@ -37,13 +37,25 @@ def result_path(out_dir: str | Path, stage: str) -> Path:
 
 
 def check_writable(folder: Path) -> None:
-    """Fail early, with one line, when a folder cannot be created or written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunError(f"cannot create output folder {folder} ({e.strerror}); choose another --out_dir") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise RunError(f"output folder {folder} is not writable; choose another --out_dir or fix its permissions")
+    """Fail early, with one line, when `folder` could not be created or written; creates nothing."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise RunError(f"cannot create output folder {folder}: {existing} is a file; choose another --out_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"output folder {existing} is not writable; choose another --out_dir or fix its permissions")
+
+
+def make_folder(folder: Path) -> Path | None:
+    """Create `folder` (and parents); return the topmost folder this created (None if it existed).
+
+    A command that fails before writing its results removes that folder again, so a failed start
+    leaves the file tree as it was.
+    """
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing[-1] if missing else None
 
 
 def _runs(stage_dir: Path) -> list[Path]:
@@ -65,10 +77,10 @@ def unfinished_run(stage_dir: Path) -> Path | None:
 
 
 def open_run(out_dir: str | Path, stage: str, *, resume: bool | str = True, overwrite: bool = False) -> tuple[Path, Path | None]:
-    """Choose the run folder: `(run_dir, checkpoint to resume from or None)`.
+    """Choose the run folder, creating nothing: `(run_dir, checkpoint to resume from or None)`.
 
     `resume` True resumes an unfinished run if there is one; a path resumes that checkpoint (or the
-    `last.pt` of that run folder); False always starts a new run.
+    `last.pt` of that run folder); False always starts a new run (the next number, created by the caller).
     """
     stage_dir = Path(out_dir) / STAGE_FILES[stage].folder
     check_writable(stage_dir)
@@ -78,6 +90,13 @@ def open_run(out_dir: str | Path, stage: str, *, resume: bool | str = True, over
         path = path / "last.pt" if path.is_dir() else path
         if not path.is_file():
             raise RunError(f"--resume {resume}: no checkpoint there; give a run folder or its last.pt")
+        state = read_file(path)
+        saved = state.get("stage") if isinstance(state, dict) else None
+        if saved != stage:
+            raise RunError(f"--resume {path} is a '{saved}' run but this is stage '{stage}'; "
+                           f"give a run folder of this stage")
+        if result.exists() and not overwrite:
+            raise RunError(f"{result} already exists; pass --overwrite to let the resumed run replace it")
         return path.parent, path
     if resume:
         run = unfinished_run(stage_dir)
@@ -86,9 +105,7 @@ def open_run(out_dir: str | Path, stage: str, *, resume: bool | str = True, over
     if result.exists() and not overwrite:
         raise RunError(f"{result} already exists; pass --overwrite to replace it, or --out_dir to write elsewhere")
     runs = _runs(stage_dir)
-    run = stage_dir / "runs" / f"{int(runs[-1].name) + 1 if runs else 1:03d}"
-    run.mkdir(parents=True)
-    return run, None
+    return stage_dir / "runs" / f"{int(runs[-1].name) + 1 if runs else 1:03d}", None
 
 
 def make_logger(run_dir: Path | None, name: str = "spard", quiet: bool = False) -> logging.Logger:

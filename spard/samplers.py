@@ -62,7 +62,7 @@ def ddim_loop(model: SPARD, x_T: torch.Tensor, y: torch.Tensor, history: torch.T
     Between steps the prediction goes back to DCT space with the observed frames re-inserted.
     """
     sched = model.schedule
-    steps = [int(t) for t in sched.timesteps]
+    steps = list(sched.timesteps)
     x_t = x_T
     for t, s in zip(steps, steps[1:] + [None]):
         x0_hat = guided_denoise(model, x_t, t, y, history, guidance)

@@ -118,18 +118,21 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 class Trainer:
     """Runs one stage: epochs of training, validation on held-out training clips, checkpoints."""
 
-    def __init__(self, cfg: Config, stage: str, model: SPARD, dataset: Dataset, run_dir: Path, out_dir: Path,
-                 device: torch.device, logger, resume_from: Path | None = None, select: str = "best",
-                 progress: bool = True):
+    def __init__(self, cfg: Config, stage: str, model: SPARD, dataset: Dataset, run_dir: Path | None,
+                 out_dir: Path | None, device: torch.device, logger, resume_from: Path | None = None,
+                 select: str = "best", progress: bool = True, fused_adam: bool = True):
+        """`run_dir` None: nothing is written (benchmarks)."""
+        device = torch.device(device)
         self.cfg, self.stage, self.model, self.dataset = cfg, STAGES[stage], model.to(device), dataset
-        self.run_dir, self.out_dir, self.device, self.log = Path(run_dir), Path(out_dir), device, logger
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.out_dir, self.device, self.log = out_dir, device, logger
         self.select, self.progress = select, progress
         tc = cfg.train
         self.teacher = None
         if stage == "distill":
             self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
         params = self.stage.trainable(model)
-        fused = device.type == "cuda"
+        fused = fused_adam and device.type == "cuda"
         self.optimizer = torch.optim.Adam(params, lr=tc.lr, fused=fused) if fused else torch.optim.Adam(params, lr=tc.lr)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(tc.milestones), gamma=tc.gamma)
         self.windows = TrainWindows(dataset.train, cfg.data.t_total, cfg.data.stride, cfg.data.aug,
@@ -137,6 +140,9 @@ class Trainer:
         self.val_windows = to_model_space(torch.as_tensor(dataset.val_windows, dtype=torch.float32)).to(device)
         self.generator = torch.Generator(device=device).manual_seed(tc.seed)
         torch.manual_seed(tc.seed)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = tc.tf32
+            torch.backends.cudnn.allow_tf32 = tc.tf32
         self.loss = StageLoss(self.stage, model, self.teacher, cfg)
         self.step_loss = self.loss
         if dist.world_size() > 1:
@@ -145,48 +151,57 @@ class Trainer:
                     m.sync = True
             ids = [device.index] if device.type == "cuda" else None
             self.step_loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=ids, broadcast_buffers=False)
+        if tc.compile != "none":
+            self.step_loss = torch.compile(self.step_loss, mode=tc.compile)
         self.start_epoch, self.best = tc.start_epoch, math.inf
         if resume_from is not None:
             self._resume(resume_from)
         self.tb = None
-        if dist.is_main():
+        if dist.is_main() and self.run_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.run_dir / "tb"))
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
     # -- one epoch ------------------------------------------------------------------------------
+    def train_step(self, poses: torch.Tensor, draws: dict, global_size: int) -> torch.Tensor:
+        """One optimiser step on this rank's windows `[b, T, J+1, 3]` of a global batch; returns the loss."""
+        traj = to_model_space(poses)  # [b, T, D]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp == "bf16"):
+            loss = self.step_loss(traj, **draws)
+        # the slice's mean, weighted so that averaging over ranks gives the global batch mean
+        (loss * (len(traj) * dist.world_size() / global_size)).backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
     def train_epoch(self, epoch: int) -> float:
-        tc, world, rank = self.cfg.train, dist.world_size(), dist.rank()
+        tc, world = self.cfg.train, dist.world_size()
         self.stage.train_modes(self.model)
-        total, count = 0.0, 0
-        n_batches = math.ceil(len(self.windows) / tc.batch_size)
-        bar = tqdm(total=n_batches, desc=f"{self.stage.name} epoch {epoch}", unit="batch", leave=False,
-                   disable=not (self.progress and dist.is_main()))
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.amp == "bf16")
-        for batch in self.windows.batches(tc.batch_size, self.generator, rank=rank, world_size=world):
+        total, count = torch.zeros((), device=self.device), 0
+        bar = tqdm(total=math.ceil(len(self.windows) / tc.batch_size), desc=f"{self.stage.name} epoch {epoch}",
+                   unit="batch", leave=False, disable=not (self.progress and dist.is_main()))
+        for batch in self.windows.batches(tc.batch_size, self.generator, rank=dist.rank(), world_size=world):
             n = batch.global_size
             draws = _slice(self.stage.draw(self.model, n, self.generator, self.cfg), batch.lo, batch.hi, n)
-            if n < 2 * world:  # BatchNorm cannot train on one window: skip such a last batch
+            if n < max(2, world):  # BatchNorm needs 2 windows, each rank 1: skip, its draws taken all the same
                 continue
-            traj = to_model_space(batch.poses)  # [B, T, D]
-            with amp:
-                loss = self.step_loss(traj, **draws)
-            # the shard's mean, weighted so that averaging over ranks gives the global batch mean
-            (loss * (len(traj) * world / n)).backward()
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            total += loss.detach() * len(traj)
-            count += len(traj)
+            total += self.train_step(batch.poses, draws, n) * len(batch.poses)
+            count += len(batch.poses)
             bar.update()
         bar.close()
         self.scheduler.step()
-        totals = dist.gather_objects((float(total), count))
+        totals = dist.gather_objects((float(total), count))  # one host sync per epoch
         return sum(t for t, _ in totals) / max(sum(c for _, c in totals), 1)
 
     @torch.no_grad()
     def validation_loss(self) -> float:
-        """The stage's loss on the validation windows, with fixed randomness (comparable across epochs)."""
+        """The stage's loss on the validation windows, with fixed randomness (comparable across epochs).
+
+        NaN without a validation split (`--val_fraction 0`): then the last epoch is the result.
+        """
+        if len(self.val_windows) == 0:
+            return math.nan
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed + 12345)
         total = 0.0
@@ -196,11 +211,13 @@ class Trainer:
         return total / len(self.val_windows)
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def _save(self, path: Path, epoch: int, finished: bool = False, **extra) -> None:
+    def _save(self, path: Path, epoch: int, finished: bool = False, resumable: bool = True) -> None:
+        """Write a checkpoint (rank 0); a resumable one carries optimizer, scheduler and RNG states."""
         if dist.is_main():
-            save_checkpoint(path, self.model, self.stage.name, epoch=epoch, optimizer=self.optimizer,
-                            scheduler=self.scheduler, rng=_rng_state(self.generator),
-                            extra={"finished": finished, "best_val_loss": self.best, **extra})
+            state = dict(optimizer=self.optimizer, scheduler=self.scheduler, rng=_rng_state(self.generator)) \
+                if resumable else {}
+            save_checkpoint(path, self.model, self.stage.name, epoch=epoch, **state,
+                            extra={"finished": finished, "best_val_loss": self.best})
 
     def _resume(self, path: Path) -> None:
         state = read_file(path, map_location="cpu")
@@ -234,13 +251,13 @@ class Trainer:
                 self.tb.add_scalar("Loss/train", train_loss, epoch)
                 self.tb.add_scalar("Loss/val", val_loss, epoch)
                 self.tb.add_scalar("lr", lr, epoch)
-            if tc.metrics_epoch and epoch % tc.metrics_epoch == 0:
+            if tc.metrics_epoch and epoch % tc.metrics_epoch == 0 and len(self.val_windows):
                 record["val_metrics"] = self.validation_metrics(epoch)
             if val_loss < self.best:
                 self.best = val_loss
-                self._save(self.run_dir / "best.pt", epoch)
+                self._save(self.run_dir / "best.pt", epoch, resumable=False)
             if tc.save_model_interval and epoch % tc.save_model_interval == 0:
-                self._save(self.run_dir / f"ckpt_{epoch}.pt", epoch)
+                self._save(self.run_dir / f"ckpt_{epoch}.pt", epoch, resumable=False)
             last = epoch == tc.num_epoch
             if last or epoch % max(tc.checkpoint_every, 1) == 0:
                 self._save(self.run_dir / "last.pt", epoch, finished=last)

@@ -55,3 +55,44 @@ def tiny_config(name: str = "h36m", **train):
     npc = dataclasses.replace(cfg.noise_predictor, hidden=8, layers=1, k=5)
     return dataclasses.replace(cfg, denoiser=den, noise_predictor=npc,
                                train=dataclasses.replace(cfg.train, **train)).synced()
+
+
+# ------------------------------------------------------------------------------------------------
+# small synthetic data in the GSPS (Human3.6M) file format, for tests that must not need the shared data
+
+H36M_SUBJECTS = ("S1", "S5", "S6", "S7", "S8", "S9", "S11")  # the h36m preset's train + test splits
+
+
+def smooth_motion(rng, frames: int, joints: int = 32):
+    """World positions `[frames, joints, 3]` float64: a body-sized point cloud drifting smoothly."""
+    import numpy as np
+
+    rest = rng.normal(0, 0.3, (1, joints, 3)) + [0, 0, 1]
+    drift = np.cumsum(rng.normal(0, 0.005, (frames, joints, 3)), axis=0)
+    return rest + drift
+
+
+def write_gsps(folder, positions: dict | None = None, *, seed: int = 0, train_frames: int = 300,
+               test_frames: int = 150):
+    """`<folder>/data_3d_h36m.npz` as VideoPose3D writes it; default: two actions per h36m subject."""
+    import numpy as np
+    from pathlib import Path
+
+    if positions is None:
+        rng = np.random.default_rng(seed)
+        positions = {s: {a: smooth_motion(rng, test_frames if s in ("S9", "S11") else train_frames)
+                         for a in ("Walking 1", "Eating 1")} for s in H36M_SUBJECTS}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / "data_3d_h36m.npz", positions_3d=positions)
+    return folder / "data_3d_h36m.npz"
+
+
+def randomized(model, seed: int = 0):
+    """Every parameter redrawn at random: the published init starts residual branches at zero, which
+    makes a fresh model ignore its condition; tests of behaviour want every layer to matter."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    return model

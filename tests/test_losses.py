@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import randomized, tiny_config
 from spard import losses
 from spard.model import SPARD
 
@@ -12,7 +12,7 @@ from spard.model import SPARD
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return SPARD(tiny_config())
+    return randomized(SPARD(tiny_config()))
 
 
 def test_best_of_h_picks_the_best_copy(model):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import randomized, tiny_config
 from spard.config import preset
 from spard.model import SPARD, from_model_space, to_model_space
 
@@ -31,7 +31,7 @@ def test_shapes_and_history_written_back():
 
 
 def test_keep_cond_mask_equals_dropping_the_condition():
-    model = SPARD(tiny_config()).eval()
+    model = randomized(SPARD(tiny_config())).eval()
     x, y = torch.randn(2, 4, 20, 48).unbind(0)
     t, hist = torch.tensor([1, 3, 4, 0]), torch.randn(4, 25, 48)
     keep = torch.tensor([True, False, True, False])
@@ -48,6 +48,14 @@ def test_model_space_round_trip():
     flat = to_model_space(poses)
     assert flat.shape == (2, 7, 48)
     torch.testing.assert_close(from_model_space(flat), poses[..., 1:, :])
+
+
+def test_residual_branches_start_at_zero():
+    """Published initialisation: every transformer block starts as the identity."""
+    model = SPARD(tiny_config())
+    for block in model.denoiser.temporal_decoder_blocks:
+        for layer in (block.sa_block.proj_out.out_layers[2], block.ffn.proj_out.out_layers[2], block.ffn.linear2):
+            assert not layer.weight.any() and not layer.bias.any()
 
 
 def test_bad_sizes_are_one_line_errors():

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import randomized, tiny_config
 from spard import samplers
 from spard.model import SPARD
 
@@ -10,7 +10,7 @@ from spard.model import SPARD
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return SPARD(tiny_config()).eval()
+    return randomized(SPARD(tiny_config())).eval()
 
 
 @pytest.mark.parametrize("name", ["ddim", "onestep", "np"])

@@ -22,16 +22,30 @@ HOW_TO = ("prepare AMASS with BeLFusion's preprocessing (data_loader/parsers/ama
           "poses_index.zarr per sub-dataset), or point --data_dir to the folder holding those sub-dataset folders")
 
 
-def read_dataset(root: Path, name: str) -> list[tuple[tuple[str, str], np.ndarray]]:
-    """((name, file_idx), poses `[L, 22, 3]` root-relative) of every file of one sub-dataset, in index order."""
+def _read_store(path: Path, kinds: str) -> np.ndarray:
+    """A zarr array whose dtype kind is one of `kinds`; checked before reading, so no object codec ever runs."""
     import zarr  # only AMASS users need it
 
+    try:
+        array = zarr.open_array(str(path), mode="r")
+        dtype = array.dtype
+        values = array[:] if dtype.kind in kinds else None
+    except Exception as e:  # noqa: BLE001 - missing or garbled .zarray, truncated chunks, ...
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ValueError(f"{path} cannot be read as a zarr array ({detail}): {HOW_TO}") from None
+    if values is None:
+        raise ValueError(f"{path} holds {dtype} values, expected {'floats' if kinds == 'f' else 'integers'}: {HOW_TO}")
+    return values
+
+
+def read_dataset(root: Path, name: str) -> list[tuple[tuple[str, str], np.ndarray]]:
+    """((name, file_idx), poses `[L, 22, 3]` root-relative) of every file of one sub-dataset, in index order."""
     folder = root / name
     for store in ("poses.zarr", "poses_index.zarr"):
         if not (folder / store).is_dir():
             raise FileNotFoundError(f"{folder / store} not found: {HOW_TO}")
-    positions = zarr.open_array(str(folder / "poses.zarr"), mode="r")[:]  # [F, 22, 3]
-    index = zarr.open_array(str(folder / "poses_index.zarr"), mode="r")[:]  # [n, 2]
+    positions = _read_store(folder / "poses.zarr", "f")  # [F, 22, 3]
+    index = _read_store(folder / "poses_index.zarr", "iu")  # [n, 2]
     if positions.ndim != 3 or positions.shape[1:] != (22, 3):
         raise ValueError(f"{folder / 'poses.zarr'} has shape {list(positions.shape)}, "
                          "expected [F, 22, 3] (the 22 SMPL body joints)")

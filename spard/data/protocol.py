@@ -21,6 +21,8 @@ import numpy as np
 from ..config import DataConfig
 from .dataset import Clip, Dataset, Skeleton
 
+FIX_ROW = "fix the row, or give the segments file of this data and t_his/t_pred"
+
 # segments header -> the two columns that name a clip (Clip.key)
 SEGMENT_HEADERS = {
     ("subject", "action", "init", "pred_init", "pred_end"): ("subject", "action"),  # Human3.6M format
@@ -35,6 +37,12 @@ class Segment:
     where: str  # "segments_test.csv line 7 (subject S9, action Directions 1)", for errors
     key: tuple[str, str]  # the clip it names
     pred_init: int  # first predicted frame
+
+
+def shown(name) -> str:
+    """A name read from a file, fit for a one-line message (its repr when it holds line breaks or the like)."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)
 
 
 def find_file(given: str | None, folder: Path, name: str) -> Path | None:
@@ -53,13 +61,21 @@ def _int(text: str, where: str, column: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"{where}: {column} {text!r} is not an integer") from None
+        raise ValueError(f"{where}: {column} {text!r} is not an integer; fix the row") from None
+
+
+def _read_rows(path: Path) -> list[list[str]]:
+    """The non-empty rows of a CSV file; a one-line ValueError when it is not readable text CSV."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
+            return [row for row in csv.reader(f) if row]
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a readable CSV text file ({str(e).splitlines()[0][:120]})") from None
 
 
 def read_segments(path: Path) -> list[Segment]:
     """Rows of a Human3.6M- or AMASS-format `segments_test.csv`, in file order."""
-    with open(path, newline="") as f:
-        rows = [row for row in csv.reader(f) if row]
+    rows = _read_rows(path)
     header = tuple(c.strip() for c in rows[0]) if rows else ()
     if header not in SEGMENT_HEADERS:
         expected = " or ".join(",".join(h) for h in SEGMENT_HEADERS)
@@ -69,8 +85,8 @@ def read_segments(path: Path) -> list[Segment]:
     segments = []
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
-            raise ValueError(f"{path.name} line {line}: {len(row)} columns, the header has {len(header)}")
-        named = ", ".join(f"{header[c]} {row[c]}" for c in key_cols)
+            raise ValueError(f"{path.name} line {line}: {len(row)} columns, the header has {len(header)}; fix the row")
+        named = ", ".join(f"{header[c]} {shown(row[c])}" for c in key_cols)
         where = f"{path.name} line {line} ({named})"
         key = tuple(row[c] for c in key_cols)
         if header[key_cols[1]] == "file_idx":
@@ -81,31 +97,41 @@ def read_segments(path: Path) -> list[Segment]:
 
 def read_mmapd(path: Path) -> np.ndarray:
     """`gt_APD` per test window `[N]` float64 from `mmapd_GT.csv` (`id,gt_APD`, id = row index)."""
-    with open(path, newline="") as f:
-        rows = [row for row in csv.reader(f) if row]
+    rows = _read_rows(path)
     if not rows or [c.strip() for c in rows[0]] != ["id", "gt_APD"]:
-        raise ValueError(f"{path}: expected the header id,gt_APD")
+        raise ValueError(f"{path}: expected the header id,gt_APD; give the mmapd_GT.csv of this protocol, or none")
     values = []
     for i, row in enumerate(rows[1:]):
         try:
-            if len(row) != 2 or row[0].strip() != str(i):
-                raise ValueError
-            values.append(float(row[1]))
+            value = float(row[1]) if len(row) == 2 and row[0].strip() == str(i) else math.nan
         except ValueError:
-            raise ValueError(f"{path.name} line {i + 2}: expected '{i},<gt_APD>', got {','.join(row)!r}") from None
+            value = math.nan
+        if not 0 <= value < math.inf:
+            raise ValueError(f"{path.name} line {i + 2}: expected '{i},<gt_APD >= 0>', got {','.join(row)!r}")
+        values.append(value)
     return np.array(values, dtype=np.float64)
 
 
 def read_classes(path: Path) -> tuple[list[str], np.ndarray]:
     """Class names (id = index) and CMD reference `[C]` (m/frame, null -> NaN) from a `classes.json`."""
-    spec = json.loads(Path(path).read_text())
-    if not isinstance(spec, dict) or "classes" not in spec:
+    try:
+        spec = json.loads(Path(path).read_text())
+    except ValueError as e:  # not JSON, not UTF-8
+        detail = str(e).splitlines()[0][:120]
+        raise ValueError(f"{path} is not valid JSON ({detail}); fix it or remove the file") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("classes"), list):
         raise ValueError(f"{path}: expected a JSON object with a 'classes' list (and 'mean_motion_per_class')")
     classes = [str(c) for c in spec["classes"]]
     motion = spec.get("mean_motion_per_class") or [None] * len(classes)
-    if len(motion) != len(classes):
-        raise ValueError(f"{path}: {len(motion)} mean_motion_per_class values for {len(classes)} classes")
-    return classes, np.array([math.nan if m is None else m for m in motion], dtype=np.float64)
+    if not isinstance(motion, list) or len(motion) != len(classes):
+        raise ValueError(f"{path}: mean_motion_per_class must be a list of {len(classes)} numbers or nulls, "
+                         f"one per class")
+    try:
+        if not all(m is None or (isinstance(m, (int, float)) and not isinstance(m, bool)) for m in motion):
+            raise TypeError
+        return classes, np.array([math.nan if m is None else float(m) for m in motion], dtype=np.float64)
+    except (TypeError, OverflowError):
+        raise ValueError(f"{path}: mean_motion_per_class must hold numbers (m/frame) or null") from None
 
 
 def choose_classes(cfg: DataConfig, folder: Path, default: list[str],
@@ -141,14 +167,15 @@ def segment_starts(segments: list[Segment], clips: list[Clip], t_his: int, t_tot
     starts = []
     for seg in segments:
         if seg.key[0] not in owners:
-            raise ValueError(f"{seg.where}: {seg.key[0]!r} is not in the test split ({', '.join(owners)})")
+            raise ValueError(f"{seg.where}: {seg.key[0]!r} is not in the test split ({', '.join(map(shown, owners))}); "
+                             f"{FIX_ROW}")
         if seg.key not in index:
-            raise ValueError(f"{seg.where}: {seg.key[0]} has no sequence {seg.key[1]!r}")
+            raise ValueError(f"{seg.where}: {shown(seg.key[0])} has no sequence {seg.key[1]!r}; {FIX_ROW}")
         c, first = index[seg.key], seg.pred_init - t_his
         length = len(clips[c].poses)
         if first < 0 or first + t_total > length:
             frames = f"{first}..{first + t_total - 1}"
-            raise ValueError(f"{seg.where}: frames {frames} lie outside the sequence's {length} frames")
+            raise ValueError(f"{seg.where}: frames {frames} lie outside the sequence's {length} frames; {FIX_ROW}")
         starts.append((c, first))
     return starts
 

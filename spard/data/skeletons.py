@@ -31,8 +31,9 @@ AMASS = Skeleton(
 
 def root_relative(positions: np.ndarray, where: str) -> np.ndarray:
     """World positions `[L, J+1, 3]` -> the clip layout: joint 0 absolute, joints 1..J minus joint 0, float32."""
-    if not np.isfinite(positions).all():
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf, refused below
+        poses = np.array(positions, dtype=np.float32)  # [L, J+1, 3] (a copy)
+        poses[:, 1:] -= poses[:, :1]
+    if not np.isfinite(poses).all():
         raise ValueError(f"{where} contains NaN or inf positions: repair or drop this sequence")
-    poses = np.array(positions, dtype=np.float32)  # [L, J+1, 3] (a copy)
-    poses[:, 1:] -= poses[:, :1]
     return poses

@@ -58,7 +58,7 @@ class TrainWindows:
         starts = window_starts(lengths, t_total)
         if len(starts) < stride:
             raise ValueError(f"{len(starts)} training windows of {t_total} frames, fewer than stride {stride}: "
-                             "no item to train on")
+                             "no item to train on; lower --stride")
         self.t_total, self.stride, self.aug, self.rota_prob = t_total, stride, aug, rota_prob
         self.frames = torch.from_numpy(np.concatenate([clip.poses for clip in clips])).to(device)  # [F, J+1, 3]
         self.starts = torch.from_numpy(starts).to(device)  # [S]
@@ -90,8 +90,8 @@ class TrainWindows:
 
         `generator` must live on `self.device`. Under data parallelism give every rank the same generator
         state: each global batch (and its randomness) is drawn in full, and rank r gets its r-th contiguous
-        slice `[lo, hi)`, so the union over ranks is exactly the single-process batch. A last batch smaller
-        than `world_size` is dropped so that every rank takes the same number of steps.
+        slice `[lo, hi)`, so the union over ranks is exactly the single-process batch. Every batch is drawn
+        whatever `world_size`: in a last batch smaller than it some ranks get an empty slice (callers skip it).
         """
         n = len(self)
         if shuffle:
@@ -100,7 +100,7 @@ class TrainWindows:
             order = torch.arange(n, device=self.device)
         for first in range(0, n, batch_size):
             items = order[first:first + batch_size]  # [B_global]
-            if (drop_last and len(items) < batch_size) or len(items) < world_size:
+            if drop_last and len(items) < batch_size:
                 return
             offsets, degrees = self.draw(len(items), generator)
             lo, hi = rank * len(items) // world_size, (rank + 1) * len(items) // world_size

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DenoiserConfig
-from ..dct import dct_matrix
+from ..dct import dct_matrix, from_dct, to_dct
 from .gcn import GCN
 
 
@@ -30,6 +30,13 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return F.pad(emb, (0, dim % 2))
 
 
+def zero_init(layer: nn.Linear) -> nn.Linear:
+    """Start a residual branch at zero (the published initialisation): each block begins as identity."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class Stylization(nn.Module):
     """`out_layers(LayerNorm(h) * (1 + scale) + shift)`, scale and shift read from the embedding."""
 
@@ -37,7 +44,7 @@ class Stylization(nn.Module):
         super().__init__()
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * latent))
         self.norm = nn.LayerNorm(latent)
-        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), nn.Linear(latent, latent))
+        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), zero_init(nn.Linear(latent, latent)))
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # [N, L, C], [N, E]
         scale, shift = self.emb_layers(emb)[:, None].chunk(2, dim=-1)  # [N, 1, C] each
@@ -73,7 +80,7 @@ class FeedForward(nn.Module):
     def __init__(self, latent: int, ff_size: int, dropout: float, emb_dim: int):
         super().__init__()
         self.linear1 = nn.Linear(latent, ff_size)
-        self.linear2 = nn.Linear(ff_size, latent)
+        self.linear2 = zero_init(nn.Linear(ff_size, latent))
         self.dropout = nn.Dropout(dropout)
         self.proj_out = Stylization(latent, emb_dim, dropout)
 
@@ -137,13 +144,15 @@ class Denoiser(nn.Module):
         return self.out(h)
 
     def refine(self, coeffs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """Coefficients `[N, n_pre, D]` -> time `[N, T, D]`, history written back, GCN-refined."""
-        traj = self.idct[:, : coeffs.shape[1]] @ coeffs  # [N, T, D]
-        traj = torch.cat([history, traj[:, history.shape[1]:]], dim=1)
+        """Coefficients `[N, n_pre, D]` -> time `[N, T, D]`, history written back, GCN-refined.
+
+        The DCT arithmetic runs in float32 even under autocast; only the GCN may run in bf16.
+        """
+        traj = from_dct(coeffs, self.idct)  # [N, T, D]
+        traj = torch.cat([history.float(), traj[:, history.shape[1]:]], dim=1)
         r = self.cfg.refine_n_pre
-        full = (self.dct[:r] @ traj).transpose(1, 2)  # [N, D, r]
-        full = self.gcn(full).transpose(1, 2)  # [N, r, D]
-        return self.idct[:, :r] @ full
+        full = self.gcn(to_dct(traj, self.dct, r).transpose(1, 2))  # [N, D, r]
+        return from_dct(full.transpose(1, 2), self.idct)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y_cond: torch.Tensor | None, history: torch.Tensor,
                 keep_cond: torch.Tensor | None = None) -> torch.Tensor:

@@ -47,12 +47,10 @@ class NodeBatchNorm(nn.BatchNorm1d):
     def _synced(self, flat: torch.Tensor) -> torch.Tensor:
         from torch.distributed.nn.functional import all_reduce  # differentiable collective
 
-        c = flat.shape[1]
-        local = torch.cat([flat.sum(0), flat.square().sum(0), flat.new_tensor([flat.shape[0]])])
-        total = all_reduce(local)  # sum over ranks, gradients flow back to each
+        total = all_reduce(torch.cat([flat.sum(0), flat.new_tensor([flat.shape[0]])]))  # sums over ranks
         n = total[-1]
-        mean = total[:c] / n
-        var = total[c:2 * c] / n - mean.square()  # biased, for normalising
+        mean = total[:-1] / n
+        var = all_reduce((flat - mean).square().sum(0)) / n  # biased, for normalising; two passes, no cancellation
         with torch.no_grad():
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(m * mean)

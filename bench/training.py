@@ -1,0 +1,126 @@
+"""Training throughput of the three stages (windows per second), ours against a per-item reference.
+
+    python bench/training.py --device cuda --data_dir <cmu_h36m folder>
+    torchrun --nproc_per_node 2 bench/training.py --device cuda --data_dir ...   # data parallel
+
+`reference`: windows built one at a time on the CPU (numpy + scipy rotation, a DataLoader with
+batch 64, the published pipeline's way), float32 without TF32, plain Adam. Ours: the whole dataset
+on the GPU, windows cut there, TF32, fused Adam; `bf16` adds autocast, `-compile` torch.compile,
+`-graphs` torch.compile with CUDA graphs (mode reduce-overhead). `total_s` includes compilation.
+All variants run the same Trainer step with the published sizes (h = 10, batch 64).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import torch
+
+from common import table, write
+from spard import distributed as dist
+from spard.config import preset
+from spard.data import ReferenceWindows, load_dataset
+from spard.model import SPARD
+from spard.runs import make_logger
+from spard.train import Trainer
+
+# full Human3.6M: 150 training sequences of about 2,800 frames (50 Hz); stride 10
+H36M_WINDOWS_PER_EPOCH = 150 * (2800 - 125 + 1) // 10
+PUBLISHED_EPOCHS = {"base": 1000, "distill": 1000, "np": 100}
+
+
+def measure(trainer: Trainer, steps: int, warmup: int, reference: ReferenceWindows | None) -> float:
+    """Windows per second (all ranks) over `steps` optimiser steps after `warmup` steps."""
+    cfg, dev = trainer.cfg, trainer.device
+    trainer.stage.train_modes(trainer.model)
+    b = cfg.train.batch_size
+    if reference is not None:
+        loader = torch.utils.data.DataLoader(reference, batch_size=b, shuffle=True, num_workers=0, drop_last=True)
+        source = (p.to(dev, non_blocking=True) for _ in range(10**6) for p in loader)
+    else:
+        source = (batch.poses for _ in range(10**6) for batch in trainer.windows.batches(
+            b, trainer.generator, drop_last=True, rank=dist.rank(), world_size=dist.world_size()))
+    world = dist.world_size()
+    for i in range(warmup + steps):
+        if i == warmup:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            dist.barrier()
+            start = time.perf_counter()
+        poses = next(source)
+        n = len(poses) * (world if reference is None else 1)
+        lo = dist.rank() * len(poses) if reference is None else 0
+        draws = {k: v[lo:lo + len(poses)] if v.shape[0] == n else v
+                 for k, v in trainer.stage.draw(trainer.model, n, trainer.generator, cfg).items()}
+        trainer.train_step(poses, draws, n if reference is None else len(poses))
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    dist.barrier()
+    return steps * b * (world if reference is None else 1) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--data_dir", required=True, help="a Human3.6M-format folder (e.g. the CMU benchmark)")
+    p.add_argument("--stages", default="base,distill,np")
+    p.add_argument("--variants", default="reference,ours-tf32,ours-bf16")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--small", action="store_true", help="a tiny model (to check the script on a CPU)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    device = dist.setup(args.device)
+    cfg = preset("h36m")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=args.data_dir))
+    if args.small:
+        cfg = dataclasses.replace(cfg, denoiser=dataclasses.replace(cfg.denoiser, latent_dim=32, ff_size=64,
+                                  num_layers=2, num_heads=2, gcn_hidden=16, gcn_layers=1),
+                                  noise_predictor=dataclasses.replace(cfg.noise_predictor, hidden=16, layers=1)).synced()
+    dataset = load_dataset(cfg.data)
+    log = make_logger(None, quiet=True)
+    rows = []
+    world = dist.world_size()
+    variants = [v for v in args.variants.split(",") if world == 1 or v != "reference"]
+    for stage in args.stages.split(","):
+        for variant in variants:
+            amp = "bf16" if "bf16" in variant else "none"
+            mode = "reduce-overhead" if variant.endswith("-graphs") else "default" if variant.endswith("-compile") else "none"
+            tc = dataclasses.replace(cfg.train, amp=amp, tf32=variant != "reference", compile=mode)
+            run_cfg = dataclasses.replace(cfg, train=tc)
+            torch.manual_seed(0)
+            model = SPARD(run_cfg)
+            trainer = Trainer(run_cfg, stage, model, dataset, run_dir=None, out_dir=None, device=device, logger=log,
+                              progress=False, fused_adam=variant != "reference")
+            ref = ReferenceWindows(dataset.train, cfg.data.t_total, cfg.data.stride, cfg.data.aug, cfg.data.rota_prob,
+                                   seed=0) if variant == "reference" else None
+            started = time.perf_counter()
+            rate = measure(trainer, args.steps, args.warmup, ref)
+            row = {"stage": stage, "variant": variant, "gpus": world, "windows_per_s": round(rate),
+                   "total_s": round(time.perf_counter() - started, 1)}
+            rows.append(row)
+            if dist.is_main():
+                print(row, flush=True)
+            del trainer, model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    summary = {}
+    for stage in args.stages.split(","):
+        rates = {r["variant"]: r["windows_per_s"] for r in rows if r["stage"] == stage}
+        best = max(rates.values())
+        summary[stage] = {"best_windows_per_s": best, "over_reference": round(best / rates["reference"], 2)
+                          if "reference" in rates else None,
+                          "projected_published_schedule_hours": round(
+                              PUBLISHED_EPOCHS[stage] * H36M_WINDOWS_PER_EPOCH / best / 3600, 2)}
+    if dist.is_main():
+        name = "training" + ("_cpu" if device.type == "cpu" else "") + (f"_{world}gpu" if world > 1 else "")
+        write(name, {"rows": rows, "summary": summary, "h36m_windows_per_epoch": H36M_WINDOWS_PER_EPOCH}, args.out)
+        print(table(rows, ["stage", "variant", "gpus", "windows_per_s", "total_s"]))
+        print(summary)
+    dist.teardown()
+
+
+if __name__ == "__main__":
+    main()
