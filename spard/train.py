@@ -228,6 +228,10 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"], self.generator)
         self.start_epoch, self.best = state["epoch"] + 1, state["best_val_loss"]
+        history = self.run_dir / "history.jsonl"
+        if dist.is_main() and history.is_file():  # epochs after the checkpoint run again
+            kept = [line for line in history.read_text().splitlines() if json.loads(line)["epoch"] <= state["epoch"]]
+            history.write_text("".join(line + "\n" for line in kept))
         self.log.info(f"resuming {self.run_dir} from epoch {state['epoch']} (pass --no_resume to start a new run)")
 
     # -- the loop -------------------------------------------------------------------------------
@@ -237,7 +241,6 @@ class Trainer:
             self.log.info(f"training stage '{self.stage.name}': {len(self.windows)} windows per epoch, "
                           f"{sum(p.numel() for p in self.optimizer.param_groups[0]['params']):,} trainable parameters, "
                           f"epochs {tc.start_epoch}..{tc.num_epoch}, run folder {self.run_dir}")
-        history = []
         for epoch in range(self.start_epoch, tc.num_epoch + 1):
             start = time.time()
             train_loss = self.train_epoch(epoch)
@@ -258,13 +261,12 @@ class Trainer:
                 self._save(self.run_dir / "best.pt", epoch, resumable=False)
             if tc.save_model_interval and epoch % tc.save_model_interval == 0:
                 self._save(self.run_dir / f"ckpt_{epoch}.pt", epoch, resumable=False)
+            if dist.is_main():  # before last.pt: a resume drops lines past its checkpoint
+                with open(self.run_dir / "history.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
             last = epoch == tc.num_epoch
             if last or epoch % max(tc.checkpoint_every, 1) == 0:
                 self._save(self.run_dir / "last.pt", epoch, finished=last)
-            history.append(record)
-            if dist.is_main():
-                with open(self.run_dir / "history.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
         return self.finish()
 
     def validation_metrics(self, epoch: int) -> dict:

@@ -71,7 +71,8 @@ def test_two_ranks_train_like_one_process(workdir, mode):
     assert one["model"].keys() == two["model"].keys()
     for key, value in one["model"].items():  # parameters and BatchNorm buffers
         atol = NOISE if CANCELLED.search(key) else LR / 5
-        torch.testing.assert_close(two["model"][key], value, rtol=0, atol=atol, msg=lambda m: f"{key}: {m}")
+        rtol = 1e-5 if key.endswith("running_var") else 0  # variances of O(10): summation order shows there
+        torch.testing.assert_close(two["model"][key], value, rtol=rtol, atol=atol, msg=lambda m: f"{key}: {m}")
     assert torch.equal(one["rng"]["data"], two["rng"]["data"]), "the shared generator drew differently"
     history = [[json.loads(line) for line in (workdir / out / run / "history.jsonl").read_text().splitlines()]
                for out in ("one", "two")]
