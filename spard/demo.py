@@ -27,25 +27,28 @@ STAGES = ("base", "distill", "np")
 STAGE_SAMPLER = {"base": "ddim", "distill": "onestep", "np": "np"}
 STAGE_TITLE = {"base": "stage 1: base diffusion (best of h)", "distill": "stage 2: distilled one-step",
                "np": "stage 3: noise predictor (best of K)"}
-EPOCHS = {"base": 15, "distill": 5, "np": 2}  # sized with the deepmimic preset for ~6 minutes on 2 CPU cores
+EPOCHS = {"base": 15, "distill": 5, "np": 2}  # with the deepmimic preset: ~6 min on one CPU thread
 OUTPUTS = ("report.md", "predictions.gif", "predictions.mp4", "losses.png")
 
 
 def parser() -> argparse.ArgumentParser:
     from .cli import _Parser, _positive
 
-    p = _Parser(prog="spard demo", description=__doc__.split("\n\n")[0],
+    p = _Parser(prog="spard demo", description="SPARD end to end on the embedded DeepMimic clips: train the three "
+                "stages, evaluate the three samplers and the zero-velocity baseline, and write report.md, "
+                "predictions.gif and losses.png to --out_dir (about 6 minutes on 2 CPU cores).",
                 epilog="Reruns: " + __doc__.split("Reruns: ")[1].replace("\n", " ").replace("    ", " "))
     p.add_argument("--out_dir", default="results/demo", help="where everything is written (default results/demo)")
     p.add_argument("--device", default="auto", help="torch device (default: cuda:0 when there is one, else cpu)")
     p.add_argument("--threads", type=_positive(int), default=1,
-                   help="CPU threads of torch (default 1: on an idle machine a second thread makes this small model "
-                        "about 1.5x faster, on a busy one many times slower; try 2 when nothing else runs)")
+                   help="CPU threads of torch (default 1: on an idle 2-core machine a second thread makes the demo "
+                        "1.7x faster, on a busy one many times slower; try 2 when nothing else runs)")
     p.add_argument("--epochs", default=None,
                    help=f"epochs of the base, distill and np stages (default {','.join(map(str, EPOCHS.values()))})")
-    p.add_argument("--reuse", action="store_true", help="evaluate the stage results already in --out_dir, train only missing ones")
-    p.add_argument("--windows", type=_positive(int), default=4, help="test windows (of different actions) in the GIF")
-    p.add_argument("--futures", type=_positive(int), default=4, help="sampled futures per window in the GIF")
+    p.add_argument("--reuse", action="store_true",
+                   help="evaluate the stage results already in --out_dir; train only the missing ones")
+    p.add_argument("--gif_windows", type=_positive(int), default=4, help="test windows (different actions) in the GIF")
+    p.add_argument("--gif_futures", type=_positive(int), default=4, help="np futures per window in the GIF")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -151,6 +154,7 @@ def plot_losses(models: dict, path: Path) -> Path:
     """Training and validation loss per epoch of each stage, from the run folders' `history.jsonl`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(12, 3.4), dpi=90)
     FigureCanvasAgg(fig)
@@ -163,6 +167,7 @@ def plot_losses(models: dict, path: Path) -> Path:
             ax.plot([r["epoch"] for r in records], [r[key] for r in records], style, ms=3, label=key.replace("_", " "))
         ax.set_title(STAGE_TITLE[stage], fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if not records:
             ax.text(0.5, 0.5, "no history.jsonl", ha="center", transform=ax.transAxes)
@@ -189,8 +194,14 @@ def keep_earlier(out_dir: Path) -> list[Path]:
     return kept
 
 
+def threads(torch) -> str:
+    n = torch.get_num_threads()
+    return f"{n} thread{'s' * (n != 1)}"
+
+
 def stage_line(stage: str, ckpt: dict, epochs: dict, seconds: dict) -> str:
-    how = f"trained {epochs[stage]} epoch{'s' * (epochs[stage] != 1)} in {seconds[stage]:.0f} s" if stage in seconds else "reused"
+    n = epochs[stage]
+    how = f"trained {n} epoch{'s' * (n != 1)} in {seconds[stage]:.0f} s" if stage in seconds else "reused"
     return f"{stage} ({how}; weights of epoch {ckpt.get('epoch', '?')}, {ckpt.get('selected', '?')})"
 
 
@@ -203,11 +214,11 @@ def write_report(path: Path, *, rows, dataset, epochs, models, seconds, device, 
     params = sum(p.numel() for p in model.denoiser.parameters())
     np_params = sum(p.numel() for p in model.noise_predictor.parameters())
     trained = ", ".join(f"{s} {seconds[s]:.0f} s" for s in STAGES if s in seconds)
-    timings = (f"training {trained}" if trained else "nothing trained (--reuse)") + \
-        f"; evaluation {seconds['evaluation']:.0f} s; pictures {seconds['pictures']:.0f} s; total {seconds['total']:.0f} s"
+    timings = "; ".join([f"training {trained}" if trained else "nothing trained (--reuse)"] +
+                        [f"{name} {seconds[name]:.0f} s" for name in ("evaluation", "pictures", "total")])
     lines = [
         "# SPARD demo", "",
-        f"`{command}`, {datetime.now():%Y-%m-%d %H:%M}, device {device} ({torch.get_num_threads()} threads): "
+        f"`{command}`, {datetime.now():%Y-%m-%d %H:%M}, device {device} ({threads(torch)}): "
         f"{seconds['total'] / 60:.1f} min.", "",
         f"## Test metrics ({len(dataset.test_windows)} windows, {tc.num_samples} futures each)", "",
         metrics_table(rows, tc.num_samples), "",
@@ -231,9 +242,11 @@ def write_report(path: Path, *, rows, dataset, epochs, models, seconds, device, 
         f"best of h = {tc.div_k}, {tc.loss} loss; ddim: {cfg.diffusion.sample_steps} steps, guidance {tc.mod_test}",
         f"- software: torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}",
         "", "## Files", "",
-        "- `predictions.gif`: history (grey), then the ground truth and np futures, for test windows of different actions",
+        "- `predictions.gif`: history (grey), then the ground truth and np futures, for test windows of "
+        "different actions",
         "- `losses.png`: losses per epoch of the three stages",
-        "- run folders (logs, tensorboard, checkpoints): " + ", ".join(f"`{models[s][1].get('run_dir', '?')}`" for s in STAGES),
+        "- run folders (logs, tensorboard, checkpoints): "
+        + ", ".join(f"`{models[s][1].get('run_dir', '?')}`" for s in STAGES),
         "", "```python", "from spard import Predictor",
         f'p = Predictor.from_checkpoint("{path.parent / "np" / "np_ckpt.pt"}")',
         f"futures = p.predict(history, num_samples={tc.num_samples})  # [{d.t_his}, {d.num_joints + 1}, 3] "
@@ -273,7 +286,7 @@ def run(args) -> dict:
         print(f"the earlier {out_dir / 'report.md'} will be kept under a time-stamped name")
     seed_everything(cfg.train.seed)
 
-    print(f"loading the DeepMimic clips (device {device}, {torch.get_num_threads()} threads)", flush=True)
+    print(f"loading the DeepMimic clips (device {device}, {threads(torch)})", flush=True)
     dataset = load_dataset(cfg.data)
     models, seconds = stage_models(cfg, epochs, dataset, out_dir, device, args.reuse, progress)
 
@@ -287,8 +300,9 @@ def run(args) -> dict:
     kept = keep_earlier(out_dir)
     if kept:
         print(f"kept the earlier report as {', '.join(map(str, kept))}")
-    render_windows(Predictor(models["np"][0], "np"), dataset, pick_windows(dataset.test_labels, args.windows),
-                   out_dir / "predictions.gif", num_samples=args.futures)
+    shown = pick_windows(dataset.test_labels, args.gif_windows)
+    render_windows(Predictor(models["np"][0], "np"), dataset, shown, out_dir / "predictions.gif",
+                   num_samples=args.gif_futures)
     plot_losses(models, out_dir / "losses.png")
     seconds["pictures"] = time.time() - start
     seconds["total"] = time.time() - started

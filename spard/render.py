@@ -154,18 +154,11 @@ def save_mp4(frames: list, path: str | Path, fps: float) -> Path | None:
 
 def pick_windows(labels: np.ndarray, count: int) -> list[int]:
     """`count` window indices of different classes, spread over the classes present (middle window of each)."""
-    classes = sorted(set(labels.tolist()))
-    chosen = [classes[i] for i in np.linspace(0, len(classes) - 1, min(count, len(classes))).round().astype(int)]
-    picks = [int(np.flatnonzero(labels == c)[len(np.flatnonzero(labels == c)) // 2]) for c in dict.fromkeys(chosen)]
+    classes = np.unique(labels)
+    chosen = classes[np.linspace(0, len(classes) - 1, min(count, len(classes))).round().astype(int)]
+    picks = [int(np.flatnonzero(labels == c)[(labels == c).sum() // 2]) for c in chosen]
     rest = [i for i in range(len(labels)) if i not in picks]  # fewer classes than asked: fill with others
     return picks + rest[:count - len(picks)]
-
-
-def predict_windows(predictor, windows: np.ndarray, num_samples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Dataset windows `[N, T, J+1, 3]` -> world `(history [N, t_his, ...], truth [N, t_pred, ...], futures [N, K, t_pred, ...])`."""
-    world = to_world(windows)
-    history, truth = world[:, :predictor.t_his], world[:, predictor.t_his:]
-    return history, truth, predictor.predict(history, num_samples=num_samples, seed=seed)
 
 
 def render_windows(predictor, dataset, indices: list[int], path: str | Path, *, num_samples: int = 4,
@@ -175,8 +168,11 @@ def render_windows(predictor, dataset, indices: list[int], path: str | Path, *, 
     labels = dataset.test_labels if split == "test" else dataset.val_labels
     bad = [i for i in indices if not 0 <= i < len(windows)]
     if bad:
-        raise ValueError(f"window {bad[0]} does not exist: the {split} split has {len(windows)} windows (0..{len(windows) - 1})")
-    history, future, futures = predict_windows(predictor, windows[indices], num_samples, seed)
+        raise ValueError(f"window {bad[0]} does not exist: the {split} split has {len(windows)} windows "
+                         f"(0..{len(windows) - 1})")
+    world = to_world(windows[indices])  # [N, T, J+1, 3]
+    history, future = world[:, :predictor.t_his], world[:, predictor.t_his:]
+    futures = predictor.predict(history, num_samples=num_samples, seed=seed)  # [N, K, t_pred, J+1, 3]
     titles = [f"{dataset.classes[labels[i]]} #{i}" for i in indices]
     frames = render_frames(history, futures, dataset.skeleton, titles, truth=future if truth else None,
                            fps=dataset.fps, step=step, dpi=dpi)

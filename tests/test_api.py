@@ -48,7 +48,8 @@ def test_shapes_and_types(predictor):
     batch = p.predict(history_of(p, (3,), dtype=np.float64), num_samples=2)
     assert batch.shape == (3, 2, p.t_pred, p.num_joints, 3) and batch.dtype == np.float64
     out = p.predict(torch.from_numpy(history_of(p, (2,))), num_samples=K)
-    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape == (2, K, p.t_pred, p.num_joints, 3)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    assert out.shape == (2, K, p.t_pred, p.num_joints, 3)
     assert np.isfinite(one).all()
 
 

@@ -9,6 +9,7 @@ import spard.config
 import spard.data
 from conftest import tiny_config
 from spard.cli import main
+from spard.model import SPARD
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +31,14 @@ def test_deepmimic_preset_fits_the_demo():
     cfg = spard.config.preset("deepmimic")
     assert cfg.noise_predictor.k >= cfg.train.num_samples == 50  # the np sampler gives the 50 futures
     assert cfg.data.t_total == 45 and cfg.denoiser.refine_n_pre == 45
+    # the demo's ~6 minutes on 2 CPU cores rest on this size (and on the epochs of spard.demo.EPOCHS)
+    assert sum(p.numel() for p in SPARD(cfg).denoiser.parameters()) < 400_000
 
 
 def test_demo_writes_report_pictures_and_keeps_earlier_reports(tiny_preset, tmp_path, capsys):
     out = tmp_path / "demo"
-    args = ["demo", "--epochs", "1,1,1", "--out_dir", str(out), "--no_progress", "--windows", "2", "--futures", "1",
-            "--device", "cpu"]
+    args = ["demo", "--epochs", "1,1,1", "--out_dir", str(out), "--no_progress", "--gif_windows", "2",
+            "--gif_futures", "1", "--device", "cpu"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     report = (out / "report.md").read_text()

@@ -45,6 +45,19 @@ def test_mismatched_inputs_and_no_ffmpeg(tmp_path, monkeypatch):
     assert not (tmp_path / "x.mp4").exists()
 
 
+def test_mp4_goes_through_ffmpeg(tmp_path, monkeypatch):
+    """A stand-in ffmpeg that stores its raw input where the MP4 should go: size, rate and frames arrive."""
+    fake = tmp_path / "ffmpeg"
+    fake.write_text('#!/bin/sh\necho "$@" > "$0.args"\nfor last; do :; done\ncat > "$last"\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr("shutil.which", lambda name: str(fake))
+    frames = [Image.new("RGB", (9, 7), (i, 0, 0)) for i in range(3)]
+    path = save_mp4(frames, tmp_path / "x.mp4", fps=15)
+    assert path.stat().st_size == 3 * 9 * 7 * 3
+    args = (tmp_path / "ffmpeg.args").read_text()
+    assert "-s 9x7" in args and "-r 15" in args and "yuv420p" in args
+
+
 def test_layouts_and_window_picking():
     rel = poses((3,))
     rel[:, 1:] -= rel[:, :1]
