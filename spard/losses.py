@@ -82,6 +82,8 @@ def distill_loss(student: SPARD, teacher: SPARD, traj: torch.Tensor, *, guidance
         eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
     x_T = prior_sample(y, eps, student.schedule)
     with torch.no_grad():
+        # The published code calls `teacher.condition_ddim_p_sample`, which does not exist (it crashes at
+        # the first batch); the intended teacher, used here, is the guided DDIM of its `ddim_p_sample`.
         target = ddim_loop(teacher, x_T, y, history, guidance)
     t = torch.full((y.shape[0],), student.schedule.t_max, dtype=torch.long, device=y.device)
     out = student.denoiser(x_T, t, y if use_condition else None, history)

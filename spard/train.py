@@ -33,7 +33,7 @@ from .data.dataset import Dataset
 from .evaluate import evaluate, make_protocol
 from .model import SPARD, to_model_space
 from .nets.gcn import NodeBatchNorm
-from .runs import STAGE_FILES, result_path
+from .runs import result_path
 
 
 @dataclass(frozen=True)
@@ -132,8 +132,7 @@ class Trainer:
         if stage == "distill":
             self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
         params = self.stage.trainable(model)
-        fused = fused_adam and device.type == "cuda"
-        self.optimizer = torch.optim.Adam(params, lr=tc.lr, fused=fused) if fused else torch.optim.Adam(params, lr=tc.lr)
+        self.optimizer = torch.optim.Adam(params, lr=tc.lr, fused=fused_adam and device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(tc.milestones), gamma=tc.gamma)
         self.windows = TrainWindows(dataset.train, cfg.data.t_total, cfg.data.stride, cfg.data.aug,
                                     cfg.data.rota_prob, device=device)
