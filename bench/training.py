@@ -69,11 +69,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--small", action="store_true", help="a tiny model (to check the script on a CPU)")
+    p.add_argument("--batch_size", type=int, default=64, help="global batch (split over the ranks)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     device = dist.setup(args.device)
     cfg = preset("h36m")
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=args.data_dir))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=args.data_dir),
+                              train=dataclasses.replace(cfg.train, batch_size=args.batch_size))
     if args.small:
         cfg = dataclasses.replace(cfg, denoiser=dataclasses.replace(cfg.denoiser, latent_dim=32, ff_size=64,
                                   num_layers=2, num_heads=2, gcn_hidden=16, gcn_layers=1),
@@ -97,7 +99,8 @@ def main() -> None:
                                    seed=0) if variant == "reference" else None
             started = time.perf_counter()
             rate = measure(trainer, args.steps, args.warmup, ref)
-            row = {"stage": stage, "variant": variant, "gpus": world, "windows_per_s": round(rate),
+            row = {"stage": stage, "variant": variant, "gpus": world, "global_batch": args.batch_size,
+                   "windows_per_s": round(rate),
                    "total_s": round(time.perf_counter() - started, 1)}
             rows.append(row)
             if dist.is_main():
