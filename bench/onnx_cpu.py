@@ -43,8 +43,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.ckpt:
-        from spard.export import resolve_checkpoint
-        model = checkpoints.load_model(resolve_checkpoint(args.ckpt))[0].eval()
+        from spard.runs import find_checkpoint
+        model = checkpoints.load_model(find_checkpoint(args.ckpt))[0].eval()
     else:
         torch.manual_seed(0)
         model = SPARD(preset("h36m")).eval()

@@ -12,28 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import CheckpointError, load_model
+from .checkpoints import load_model
 from .model import SPARD
-from .samplers import get_sampler
-
-STAGE_SAMPLER = {"base": "ddim", "distill": "onestep", "np": "np"}
-STAGE_FILES = ("np_ckpt.pt", "distill_ckpt.pt", "ckpt.pt")
+from .runs import find_checkpoint
+from .samplers import STAGE_SAMPLER, get_sampler
 
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """The checkpoint file itself, or the latest stage's file in a stage folder or results folder."""
-    path = Path(path)
-    if not path.is_dir():
-        return path
-    for folder in (path, path / "np", path / "distill", path / "train"):
-        for name in STAGE_FILES:
-            if (folder / name).is_file():
-                return folder / name
-    raise CheckpointError(f"{path} holds none of {', '.join(STAGE_FILES)}; give the checkpoint file itself")
 
 
 class Predictor:

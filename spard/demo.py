@@ -24,7 +24,6 @@ from datetime import datetime
 from pathlib import Path
 
 STAGES = ("base", "distill", "np")
-STAGE_SAMPLER = {"base": "ddim", "distill": "onestep", "np": "np"}
 STAGE_TITLE = {"base": "stage 1: base diffusion (best of h)", "distill": "stage 2: distilled one-step",
                "np": "stage 3: noise predictor (best of K)"}
 EPOCHS = {"base": 15, "distill": 5, "np": 2}  # with the deepmimic preset: ~6 min on one CPU thread
@@ -119,6 +118,7 @@ def stage_models(cfg, epochs: dict, dataset, out_dir: Path, device, reuse: bool,
 def evaluate_all(models: dict, dataset, cfg, device, progress: bool) -> dict[str, dict]:
     """Metrics of the three samplers and the zero-velocity baseline on the test windows."""
     from .evaluate import evaluate, make_protocol
+    from .samplers import STAGE_SAMPLER
 
     protocol = make_protocol(dataset, cfg.data.t_his, cfg.data.multimodal_threshold, device=device)
     tc = cfg.train

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .model import SPARD
+from .runs import find_checkpoint
 from .samplers import np_sample, onestep
 
 MIN_OPSET = 17
@@ -169,20 +170,6 @@ def latency(path: str | Path, model: SPARD, sampler: str, *, num_samples: int, r
 # ------------------------------------------------------------------------------------------------
 # command line
 
-def resolve_checkpoint(path: str) -> Path:
-    """A checkpoint file, or the one a stage folder (or run folder) holds."""
-    from .runs import STAGE_FILES
-
-    p = Path(path)
-    if not p.is_dir():
-        return p
-    names = [f.ckpt for f in reversed(STAGE_FILES.values())] + ["best.pt", "last.pt"]
-    for name in names:
-        if (p / name).is_file():
-            return p / name
-    raise ExportError(f"{p} holds no checkpoint ({', '.join(names)}); pass the checkpoint file")
-
-
 def parser() -> argparse.ArgumentParser:
     from .cli import _Parser
 
@@ -213,7 +200,7 @@ def run(args) -> dict:
     if args.num_samples < 1:
         raise ExportError(f"--num_samples must be >= 1, got {args.num_samples}")
     stages = tuple(s for s in ("base", "distill", "np") if all(s in SPECS[x].stages for x in samplers))
-    ckpt = resolve_checkpoint(args.ckpt)
+    ckpt = find_checkpoint(args.ckpt)
     model = load_model(ckpt, stages=stages)[0].eval()
     out, report = Path(args.out), {}
     for sampler in samplers:

@@ -211,7 +211,8 @@ def parser() -> argparse.ArgumentParser:
 def run(args) -> list[Path]:
     import dataclasses
 
-    from .api import Predictor, find_checkpoint
+    from .api import Predictor
+    from .runs import find_checkpoint
     from .cli import UsageError, resolve_device
     from .data import load_dataset
 

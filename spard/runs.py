@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import read_file
+from .checkpoints import CheckpointError, read_file
 
 
 class RunError(ValueError):
@@ -29,6 +29,21 @@ class StageFiles:
 
 STAGE_FILES = {"base": StageFiles("train", "ckpt.pt"), "distill": StageFiles("distill", "distill_ckpt.pt"),
                "np": StageFiles("np", "np_ckpt.pt")}
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file itself, or the one a folder holds: a results folder (latest stage first),
+    a stage folder (its result), or a run folder (`best.pt`, then `last.pt`)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    stages = list(reversed(STAGE_FILES.values()))  # np, distill, base
+    names = [f.ckpt for f in stages] + ["best.pt", "last.pt"]
+    for folder in [path] + [path / f.folder for f in stages]:
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    raise CheckpointError(f"{path} holds none of {', '.join(names)}; give the checkpoint file itself")
 
 
 def result_path(out_dir: str | Path, stage: str) -> Path:

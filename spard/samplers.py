@@ -120,6 +120,7 @@ def np_sample(model: SPARD, history: torch.Tensor, num_samples: int | None = Non
 
 
 SAMPLERS = {"ddim": ddim, "onestep": onestep, "np": np_sample}
+STAGE_SAMPLER = {"base": "ddim", "distill": "onestep", "np": "np"}  # each stage's model and its own sampler
 
 
 def get_sampler(name: str):

@@ -34,6 +34,7 @@ from .evaluate import evaluate, make_protocol
 from .model import SPARD, to_model_space
 from .nets.gcn import NodeBatchNorm
 from .runs import result_path
+from .samplers import STAGE_SAMPLER
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class Stage:
         return {}
 
 
-STAGES = {"base": Stage("base", "ddim"), "distill": Stage("distill", "onestep"), "np": Stage("np", "np")}
+STAGES = {name: Stage(name, sampler) for name, sampler in STAGE_SAMPLER.items()}
 
 
 class StageLoss(nn.Module):
