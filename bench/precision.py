@@ -1,8 +1,10 @@
-"""Accuracy of bf16 inference: the metrics of each sampler in float32 and under bf16 autocast.
+"""Accuracy of half-precision inference: the metrics of each sampler in float32 (the reference
+model) against the fast path's arithmetic (`spard.fast.fused`: Triton kernels, half-precision
+residual streams) under bf16 and fp16 autocast, and the reference model under bf16 autocast.
 
     python bench/precision.py --ckpt results/.../np/np_ckpt.pt --data_dir <cmu_h36m> --device cuda
 
-The same noise is used for both precisions (fixed per evaluation block), so the difference is the
+The same noise is used for every precision (fixed per evaluation block), so the difference is the
 arithmetic alone. The bar: ADE and FDE change by less than 0.5 %.
 """
 from __future__ import annotations
@@ -16,6 +18,9 @@ from common import table, write
 from spard import checkpoints
 from spard.data import load_dataset
 from spard.evaluate import evaluate, make_protocol
+from spard.fast import fused
+
+VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", True), "fp16": ("fp16", True), "bf16-unfused": ("bf16", False)}
 
 
 def main() -> None:
@@ -36,13 +41,18 @@ def main() -> None:
         runs.append(("ddim", checkpoints.load_model(args.base_ckpt)[0].to(args.device)))
     rows = []
     for sampler, m in runs:
-        result = {prec: evaluate(m, protocol, sampler, progress=False, precision=prec) for prec in ("fp32", "bf16")}
+        fast = fused(m)
+        result = {name: evaluate(fast if fuse else m, protocol, sampler, progress=False, precision=prec)
+                  for name, (prec, fuse) in VARIANTS.items()}
         for metric in ("ADE", "FDE", "MMADE", "MMFDE", "APD"):
-            a, b = result["fp32"][metric], result["bf16"][metric]
-            rows.append({"sampler": sampler, "metric": metric, "fp32": round(a, 5), "bf16": round(b, 5),
-                         "change_pct": round(100 * (b - a) / a, 3)})
+            a = result["fp32"][metric]
+            row = {"sampler": sampler, "metric": metric, "fp32": round(a, 5)}
+            for name in list(VARIANTS)[1:]:
+                row[name] = round(result[name][metric], 5)
+                row[f"{name} change %"] = round(100 * (result[name][metric] - a) / a, 3)
+            rows.append(row)
     write("precision", {"rows": rows, "ckpt": args.ckpt, "windows": len(protocol)}, args.out)
-    print(table(rows, ["sampler", "metric", "fp32", "bf16", "change_pct"]))
+    print(table(rows, list(rows[0])))
 
 
 if __name__ == "__main__":

@@ -1,37 +1,196 @@
-"""Fast inference on a GPU: a sampler compiled by `torch.compile` and replayed as one CUDA graph.
+"""Fast inference on a GPU: the denoiser's arithmetic regrouped into fewer, larger kernels, compiled
+by `torch.compile` and replayed as one CUDA graph.
 
     fast = GraphedSampler(model, "np", batch_size=1, num_samples=50, precision="bf16")
     futures = fast(history)            # [B, t_his, D] -> [B, S, T, D], no host sync inside
 
 One graph is captured per input size; inputs are copied into static buffers and the output
 buffer is reused by the next call (clone it to keep it). bf16 runs the matrix products in bf16
-(autocast); the DCT arithmetic and the residual paths stay in float32.
+(autocast); the DCT arithmetic and the residual paths stay in float32. The weights are read when
+the sampler is built: build it again after they change.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from . import kernels
 from .model import SPARD
+from .nets import Denoiser, NoisePredictor
+from .nets.denoiser import Stylization
+from .nets.gcn import GCN, GraphConv, NodeBatchNorm
 from .samplers import get_sampler
 
 
 def autocast(precision: str, device_type: str):
-    """Autocast context for a precision name: 'fp32' (none), 'tf32', or 'bf16'."""
-    if precision == "bf16":
-        return torch.autocast(device_type, dtype=torch.bfloat16)
+    """Autocast context for a precision name: 'fp32' or 'tf32' (none), 'bf16' or 'fp16'."""
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     if precision in ("fp32", "tf32"):
         return contextlib.nullcontext()
-    raise ValueError(f"unknown precision {precision!r}; choose fp32, tf32 or bf16")
+    raise ValueError(f"unknown precision {precision!r}; choose fp32, tf32, bf16 or fp16")
+
+
+def compute_dtype(device_type: str) -> torch.dtype:
+    """The dtype activations are kept in: autocast's when it is on, else float32."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return torch.float32
+
+
+class FusedGCN(nn.Module):
+    """A `GCN` in eval mode as a list of `kernels.graph_conv` layers: bias and BatchNorm folded into
+    one per-(node, feature) `scale` and `shift`, dropout gone, each layer one kernel on a GPU."""
+
+    def __init__(self, gcn: GCN):
+        super().__init__()
+        self.residual = gcn.residual
+        self.layers = []  # (weight, att, scale, shift, tanh, adds the block input)
+        with torch.no_grad():
+            self._add(gcn.gc1, gcn.bn1)
+            for block in gcn.gcbs:
+                self._add(block.gc1, block.bn1)
+                self._add(block.gc2, block.bn2, block_end=True)
+            self._add(gcn.gc7, None)
+        for i, tensors in enumerate(self.layers):
+            for name, t in zip(("weight", "att", "scale", "shift"), tensors[:4]):
+                self.register_buffer(f"{name}{i}", t)
+
+    def _add(self, gc: GraphConv, bn: NodeBatchNorm | None, block_end: bool = False) -> None:
+        nodes, out = gc.att.shape[0], gc.weight.shape[1]
+        if bn is None:
+            scale, shift, tanh = torch.ones(nodes, out, device=gc.bias.device), gc.bias.expand(nodes, out), False
+        else:
+            scale = (bn.weight * torch.rsqrt(bn.running_var + bn.eps)).view(nodes, out)
+            shift = bn.bias.view(nodes, out) + (gc.bias - bn.running_mean.view(nodes, out)) * scale
+            tanh = True
+        self.layers.append((gc.weight.clone(), gc.att.clone(), scale.clone(), shift.contiguous().clone(), tanh, block_end))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, nodes, in] -> [N, nodes, out] float32
+        dtype = compute_dtype(x.device.type)
+        inp, y, block_in = x, x.to(dtype), None
+        for i, (*_, tanh, block_end) in enumerate(self.layers):
+            w, att, scale, shift = (getattr(self, f"{n}{i}") for n in ("weight", "att", "scale", "shift"))
+            last = i == len(self.layers) - 1
+            residual = block_in if block_end else (inp if last and self.residual else None)
+            if tanh and not block_end:
+                block_in = y
+            y = kernels.graph_conv(y, w.to(dtype), att.to(dtype), scale, shift, residual, tanh,
+                                   out_dtype=torch.float32 if last else dtype)
+        return y
+
+
+class FusedNoisePredictor(nn.Module):
+    """`NoisePredictor` with its GCN fused (same function)."""
+
+    def __init__(self, predictor: NoisePredictor):
+        super().__init__()
+        self.cfg = predictor.cfg
+        self.gcn = FusedGCN(predictor.model)
+
+    def forward(self, y_cond: torch.Tensor) -> torch.Tensor:  # [B, n_pre, D] -> [B, K, n_pre, D]
+        b, n, d = y_cond.shape
+        maps = self.cfg.alpha * torch.tanh(self.gcn(y_cond.transpose(1, 2)))  # [B, D, K * n_pre]
+        return maps.view(b, d, self.cfg.k, n).permute(0, 2, 3, 1)
+
+
+class FusedDenoiser(nn.Module):
+    """`Denoiser`'s function with its arithmetic regrouped for inference; same weights, same outputs
+    up to rounding (checked against the reference in tests/test_fast.py):
+
+    - q, k and v of each block come from one matrix product (weights concatenated), and attention
+      over the few tokens is one kernel (`kernels.attention`);
+    - the 2 x num_layers scale/shift projections of the embedding are one product;
+    - the refiner's way back to time, history write-back and forward DCT (three T x T products and
+      a concatenation) is two small products: `dct[:r, :t_his] @ history + lift @ coeffs`, with
+      `lift = dct[:r, t_his:] @ idct[t_his:, :n_pre]` precomputed;
+    - the GCN refiner is a `FusedGCN`;
+    - under autocast, the residual streams are kept in the autocast dtype (float32 in the reference).
+
+    Embeddings, LayerNorms and output projections are the reference modules, shared.
+    """
+
+    def __init__(self, den: Denoiser):
+        super().__init__()
+        self.den, self.cfg = den, den.cfg
+        self.gcn = FusedGCN(den.gcn)
+        blocks = den.temporal_decoder_blocks
+        with torch.no_grad():
+            qkv = [torch.cat([b.sa_block.query.weight, b.sa_block.key.weight, b.sa_block.value.weight]) for b in blocks]
+            self.register_buffer("qkv_weight", torch.stack(qkv))  # [L, 3C, C]
+            mods = [layer.emb_layers[1] for layer in self.stylizations()]
+            self.register_buffer("mod_weight", torch.cat([m.weight for m in mods]))  # [2L * 2C, C]
+            self.register_buffer("mod_bias", torch.cat([m.bias for m in mods]))  # [2L * 2C]
+            t_his, n, r = den.cfg.t_his, den.cfg.n_pre, den.cfg.refine_n_pre
+            dct64, idct64 = den.dct.double(), den.idct.double()
+            self.register_buffer("lift", (dct64[:r, t_his:] @ idct64[t_his:, :n]).float())  # [r, n_pre]
+            self.register_buffer("keep", den.dct[:r, :t_his].clone())  # [r, t_his]
+
+    def stylizations(self) -> list[Stylization]:
+        return [s for b in self.den.temporal_decoder_blocks for s in (b.sa_block.proj_out, b.ffn.proj_out)]
+
+    @property
+    def dct(self) -> torch.Tensor:  # read by SPARD.condition and SPARD.encode
+        return self.den.dct
+
+    def transformer(self, x_t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # [N, n, D], [N, C]
+        den, cfg = self.den, self.cfg
+        n, length = x_t.shape[:2]
+        mods = F.linear(F.silu(emb), self.mod_weight, self.mod_bias).view(n, -1, 1, 2 * cfg.latent_dim)  # [N, 2L, 1, 2C]
+        styles = self.stylizations()
+
+        def stylize(i: int, y: torch.Tensor) -> torch.Tensor:
+            scale, shift = mods[:, i].chunk(2, dim=-1)  # [N, 1, C] each
+            s = styles[i]
+            return s.out_layers(s.norm(y) * (1 + scale) + shift)
+
+        h = den.joint_embed(x_t) + den.sequence_embedding[:length]  # [N, n, C]
+        h = h.to(compute_dtype(x_t.device.type))
+        half = len(den.temporal_decoder_blocks) // 2
+        skips = []
+        for i, block in enumerate(den.temporal_decoder_blocks):
+            if i < half:
+                skips.append(h)
+            x = h
+            qkv = F.linear(block.sa_block.norm(x), self.qkv_weight[i])  # [N, n, 3C]
+            x = x + stylize(2 * i, kernels.attention(qkv.to(x.dtype), cfg.num_heads))
+            ffn = block.ffn
+            x = x + stylize(2 * i + 1, ffn.linear2(F.gelu(ffn.linear1(x))))
+            h = x if i < half else x + skips.pop()
+        return den.out(h)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y_cond: torch.Tensor | None, history: torch.Tensor,
+                keep_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Same signature and result as `Denoiser.forward`: `[N, n_pre, D]` ... -> `[N, T, D]`."""
+        coeffs = self.transformer(x_t, self.den.embedding(t, y_cond, keep_cond))  # [N, n, D]
+        with torch.autocast(x_t.device.type, enabled=False):  # the DCT arithmetic in float32, as in the reference
+            full = self.keep @ history.float() + self.lift @ coeffs.float()  # [N, r, D]
+        refined = self.gcn(full.transpose(1, 2)).transpose(1, 2)  # [N, r, D] float32
+        with torch.autocast(x_t.device.type, enabled=False):
+            return self.den.idct[:, : refined.shape[1]] @ refined  # [N, T, D]
+
+
+def fused(model: SPARD) -> SPARD:
+    """A shallow copy of `model` (modules shared) with `FusedDenoiser` and `FusedNoisePredictor`;
+    eval mode, inference only, weights read now."""
+    out = copy.copy(model.eval())
+    out._modules = {**model._modules, "denoiser": FusedDenoiser(model.denoiser),
+                    "noise_predictor": FusedNoisePredictor(model.noise_predictor)}
+    return out
 
 
 class GraphedSampler:
     """`sampler(model, history, S)` for fixed `[batch_size, t_his, D]` inputs, compiled and graph-captured."""
 
     def __init__(self, model: SPARD, sampler: str, batch_size: int, num_samples: int, *, precision: str = "bf16",
-                 compile: bool = True, graph: bool = True, warmup: int = 3, compile_mode: str = "default"):
-        self.model = model.eval()
+                 compile: bool = True, graph: bool = True, fuse: bool = True, freeze: bool = True,
+                 warmup: int = 3, compile_mode: str = "default"):
+        model = model.eval()
+        self.model = fused(model) if fuse else model
         self.name, self.precision = sampler, precision
         self.num_samples = num_samples
         device = model.sqrt_etas.device
@@ -47,7 +206,9 @@ class GraphedSampler:
 
         self.fn = torch.compile(run, mode=compile_mode, dynamic=False) if compile else run
         self.graph = None
-        with torch.no_grad():
+        # freezing: the compiler treats the weights as constants (casts to bf16 and the like done once)
+        frozen = torch._inductor.config.patch(freezing=True) if compile and freeze else contextlib.nullcontext()
+        with torch.no_grad(), frozen:
             if device.type == "cuda":
                 stream = torch.cuda.Stream()
                 stream.wait_stream(torch.cuda.current_stream())

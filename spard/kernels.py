@@ -1,0 +1,136 @@
+"""Two hand-written GPU kernels (Triton) for the inference path, each with a PyTorch twin.
+
+The denoiser attends over only `n_pre` (20) tokens and its GCNs work on `[48 nodes x F]` tiles per
+row. General-purpose kernels serve these shapes badly: a flash-attention kernel pads 20 tokens to
+64 x 128 tiles (a fifth of the time of a large batch), and a graph convolution is two matrix
+products plus an elementwise pass (three kernels per layer, a third of all kernels at one history).
+
+    attention(qkv, heads)                        # [N, L, 3C] -> [N, L, C], softmax(q k^T / sqrt(d)) v
+    graph_conv(x, w, att, scale, shift, ...)     # [N, P, Fin] -> [N, P, Fout]
+
+`graph_conv` is one GCN layer in eval mode: `act((att @ (x @ w)) * scale + shift) (+ residual)`,
+with the layer's bias and BatchNorm folded into `scale` and `shift` ([P, Fout]). The kernels run
+for bf16/fp16 CUDA tensors when Triton is installed (`available`); everything else takes the twin.
+Tests run the kernels in Triton's interpreter on the CPU (tests/test_kernels.py).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the PyTorch twins serve
+    triton = None
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available(x: torch.Tensor) -> bool:
+    """Whether the Triton kernels can take `x` (half precision, on a GPU or in the interpreter)."""
+    return triton is not None and x.dtype in (torch.bfloat16, torch.float16) and (x.is_cuda or INTERPRET)
+
+
+def _pow2(n: int, least: int = 16) -> int:
+    return max(least, 1 << (n - 1).bit_length())
+
+
+# ------------------------------------------------------------------------------------------------ attention
+
+def attention_reference(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """`[N, L, 3C]` (q | k | v, each head-major) -> `[N, L, C]`."""
+    n, length, c3 = qkv.shape
+    q, k, v = qkv.view(n, length, 3, heads, c3 // (3 * heads)).permute(2, 0, 3, 1, 4)  # [N, H, L, d] each
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, c3 // 3)
+
+
+def attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """Self-attention of few tokens: one program per (row, head) holds all of q, k, v and the scores."""
+    n, length, c3 = qkv.shape
+    c = c3 // 3
+    d = c // heads
+    if not available(qkv) or d != _pow2(d) or length > 128:
+        return attention_reference(qkv, heads)
+    qkv = qkv.contiguous()
+    out = torch.empty(n, length, c, device=qkv.device, dtype=qkv.dtype)
+    _attention_kernel[(n, heads)](qkv, out, length, c, 1.0 / math.sqrt(d), D=d, LP=_pow2(length))
+    return out
+
+
+if triton is not None:
+    @triton.jit
+    def _attention_kernel(qkv, out, L, C, scale, D: tl.constexpr, LP: tl.constexpr):
+        row, head = tl.program_id(0), tl.program_id(1)
+        tok = tl.arange(0, LP)
+        dim = tl.arange(0, D)
+        real = tok[:, None] < L
+        src = qkv + row * L * 3 * C + head * D + tok[:, None] * 3 * C + dim[None, :]
+        q = tl.load(src, mask=real, other=0.0)  # [LP, D]
+        k = tl.load(src + C, mask=real, other=0.0)
+        v = tl.load(src + 2 * C, mask=real, other=0.0)
+        s = tl.dot(q, tl.trans(k)) * scale  # [LP, LP] float32
+        s = tl.where(tok[None, :] < L, s, float("-inf"))
+        p = tl.exp(s - tl.max(s, axis=1)[:, None])
+        p = p / tl.sum(p, axis=1)[:, None]
+        o = tl.dot(p.to(v.dtype), v)  # [LP, D]
+        dst = out + row * L * C + head * D + tok[:, None] * C + dim[None, :]
+        tl.store(dst, o.to(out.dtype.element_ty), mask=real)
+
+
+# ------------------------------------------------------------------------------------------------ graph convolution
+
+def graph_conv_reference(x, w, att, scale, shift, residual=None, tanh=True, out_dtype=None):
+    """`act((att @ (x @ w)) * scale + shift) (+ residual)`; x `[N, P, Fin]`, w `[Fin, Fout]`, att `[P, P]`."""
+    y = (att @ (x @ w)).float() * scale + shift  # [N, P, Fout]
+    y = torch.tanh(y) if tanh else y
+    y = y + residual.float() if residual is not None else y
+    return y.to(out_dtype or x.dtype)
+
+
+def graph_conv(x, w, att, scale, shift, residual=None, tanh=True, out_dtype=None):
+    """One eval-mode GCN layer per row in one kernel; `x`, `w`, `att` in one half dtype, `scale`/`shift` float32."""
+    n, p, fin = x.shape
+    fout = w.shape[1]
+    if not available(x) or p > 128:
+        return graph_conv_reference(x, w, att, scale, shift, residual, tanh, out_dtype)
+    out = torch.empty(n, p, fout, device=x.device, dtype=out_dtype or x.dtype)
+    res = residual if residual is not None else x  # a placeholder, not read, when there is no residual
+    bf = min(128, _pow2(fout))
+    _graph_conv_kernel[(n, triton.cdiv(fout, bf))](
+        x, w.contiguous(), att.contiguous(), scale.contiguous(), shift.contiguous(), res, out,
+        p, fin, fout, *x.stride(), *res.stride(),
+        PP=_pow2(p), BK=32, BF=bf, TANH=tanh, RESIDUAL=residual is not None)
+    return out
+
+
+if triton is not None:
+    @triton.jit
+    def _graph_conv_kernel(x, w, att, scale, shift, res, out, P, FIN, FOUT,
+                           sxn, sxp, sxf, srn, srp, srf,
+                           PP: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr,
+                           TANH: tl.constexpr, RESIDUAL: tl.constexpr):
+        row, tile = tl.program_id(0), tl.program_id(1)
+        node = tl.arange(0, PP)
+        feat = tile * BF + tl.arange(0, BF)
+        acc = tl.zeros((PP, BF), dtype=tl.float32)
+        for k0 in range(0, FIN, BK):  # x[row] @ w[:, tile]
+            kk = k0 + tl.arange(0, BK)
+            xs = tl.load(x + row * sxn + node[:, None] * sxp + kk[None, :] * sxf,
+                         mask=(node[:, None] < P) & (kk[None, :] < FIN), other=0.0)
+            ws = tl.load(w + kk[:, None] * FOUT + feat[None, :], mask=(kk[:, None] < FIN) & (feat[None, :] < FOUT),
+                         other=0.0)
+            acc += tl.dot(xs.to(ws.dtype), ws)
+        a = tl.load(att + node[:, None] * P + node[None, :], mask=(node[:, None] < P) & (node[None, :] < P), other=0.0)
+        y = tl.dot(a, acc.to(a.dtype))  # [PP, BF] float32: att @ (x @ w), rounded between the products as PyTorch does
+        keep = (node[:, None] < P) & (feat[None, :] < FOUT)
+        at = node[:, None] * FOUT + feat[None, :]
+        y = y * tl.load(scale + at, mask=keep, other=0.0) + tl.load(shift + at, mask=keep, other=0.0)
+        if TANH:
+            y = 2.0 / (1.0 + tl.exp(-2.0 * y)) - 1.0
+        if RESIDUAL:
+            y += tl.load(res + row * srn + node[:, None] * srp + feat[None, :] * srf, mask=keep, other=0.0).to(tl.float32)
+        tl.store(out + row * P * FOUT + at, y.to(out.dtype.element_ty), mask=keep)

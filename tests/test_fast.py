@@ -1,0 +1,126 @@
+"""The fast inference path computes the reference function: `fused` (regrouped arithmetic, folded
+BatchNorm), `GraphedSampler`, and the two Triton kernels (run in Triton's CPU interpreter)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import REPO, randomized, tiny_config
+from spard import samplers
+from spard.fast import FusedGCN, GraphedSampler, fused
+from spard.model import SPARD
+from spard.nets.gcn import GCN, NodeBatchNorm
+
+
+def trained_like(seed: int = 0) -> SPARD:
+    """A tiny model with every weight and every BatchNorm statistic away from its initial value."""
+    model = randomized(SPARD(tiny_config()), seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for m in model.modules():
+        if isinstance(m, NodeBatchNorm):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.3)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("sampler", ["np", "onestep", "ddim"])
+def test_fused_model_equals_reference(sampler):
+    model = trained_like()
+    fast = fused(model)
+    history = torch.randn(3, model.t_his, model.cfg.denoiser.input_feats)
+    noise = torch.randn(5, 3, model.n_pre, model.cfg.denoiser.input_feats)
+    extra = {} if sampler == "np" else {"noise": noise}
+    want = samplers.get_sampler(sampler)(model, history, 5, **extra)
+    got = samplers.get_sampler(sampler)(fast, history, 5, **extra)
+    tol = (1e-4 if sampler == "ddim" else 1e-5) * want.abs().max().item()  # ddim: ten chained evaluations
+    torch.testing.assert_close(got, want, rtol=0, atol=tol)
+    assert type(model.denoiser).__name__ == "Denoiser"  # the original model is left as it was
+
+
+def test_fused_gcn_folds_bias_and_batchnorm():
+    gcn = GCN(7, 6, 7, nodes=5, layers=2, dropout=0.5, residual=True)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in gcn.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+        for m in gcn.modules():
+            if isinstance(m, NodeBatchNorm):
+                m.running_mean.normal_(generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+    gcn.eval()
+    x = torch.randn(4, 5, 7, generator=gen)
+    torch.testing.assert_close(FusedGCN(gcn)(x), gcn(x), rtol=1e-5, atol=1e-5)
+    assert len(FusedGCN(gcn).layers) == 2 + 2 * 2  # gc1, two per block, gc7
+
+
+def test_graphed_sampler_without_compile_runs_the_sampler():
+    model = trained_like()
+    history = torch.randn(2, model.t_his, model.cfg.denoiser.input_feats)
+    fast = GraphedSampler(model, "np", 2, 5, precision="fp32", compile=False)
+    torch.testing.assert_close(fast(history), samplers.np_sample(model, history, 5), rtol=1e-5, atol=1e-5)
+    noise = torch.randn(5, 2, model.n_pre, model.cfg.denoiser.input_feats)
+    one = GraphedSampler(model, "onestep", 2, 5, precision="fp32", compile=False)
+    torch.testing.assert_close(one(history, noise), samplers.onestep(model, history, 5, noise=noise),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        GraphedSampler(trained_like(), "np", 1, 5, precision="fp8", compile=False)
+
+
+KERNEL_CHECK = textwrap.dedent("""
+    import torch
+    from spard import kernels
+    assert kernels.INTERPRET and kernels.triton is not None
+    gen = torch.Generator().manual_seed(0)
+    half = torch.float16  # the interpreter computes in numpy, which has no bfloat16
+    qkv = torch.randn(3, 20, 3 * 2 * 16, generator=gen).to(half)
+    got, want = kernels.attention(qkv, 2), kernels.attention_reference(qkv.float(), 2)
+    assert got.dtype == half and got.shape == (3, 20, 32)
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-3)
+    x = torch.randn(2, 40, 5, generator=gen).to(half).transpose(1, 2)  # [N, P=5, Fin=40], not contiguous
+    w = (torch.randn(40, 70, generator=gen) / 6).to(half)
+    att = (torch.randn(5, 5, generator=gen) / 2).to(half)
+    scale, shift = torch.rand(5, 70, generator=gen) + 0.5, torch.randn(5, 70, generator=gen)
+    res = torch.randn(2, 5, 70, generator=gen)
+    for extra in ({}, {"residual": res, "tanh": False, "out_dtype": torch.float32}):
+        got = kernels.graph_conv(x, w, att, scale, shift, **extra)
+        want = kernels.graph_conv_reference(x.float(), w.float(), att.float(), scale, shift,
+                                            **{**extra, "out_dtype": torch.float32})
+        assert got.dtype == extra.get("out_dtype", half) and got.shape == (2, 5, 70)
+        torch.testing.assert_close(got.float(), want, rtol=0, atol=2e-2)
+    print("kernels ok")
+""")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: test_triton_kernels_on_the_gpu runs them")
+def test_triton_kernels_in_the_interpreter():
+    pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[dev]' brings it)")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "kernels ok" in run.stdout, run.stdout + run.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_kernels_on_the_gpu(dtype):
+    from spard import kernels
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    qkv = torch.randn(50, 20, 3 * 512, device="cuda", generator=gen).to(dtype)
+    torch.testing.assert_close(kernels.attention(qkv, 8).float(), kernels.attention_reference(qkv.float(), 8),
+                               rtol=0, atol=2e-2)
+    x = torch.randn(50, 48, 256, device="cuda", generator=gen).to(dtype)
+    w = (torch.randn(256, 256, device="cuda", generator=gen) / 16).to(dtype)
+    att = (torch.randn(48, 48, device="cuda", generator=gen) / 7).to(dtype)
+    scale = torch.rand(48, 256, device="cuda", generator=gen) + 0.5
+    shift = torch.randn(48, 256, device="cuda", generator=gen)
+    got = kernels.graph_conv(x, w, att, scale, shift)
+    want = kernels.graph_conv_reference(x.float(), w.float(), att.float(), scale, shift, out_dtype=torch.float32)
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2)
