@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument("--ckpt", default="", help="a trained checkpoint (weights do not change the speed)")
     p.add_argument("--quick", action="store_true", help="1 x 50 only")
     p.add_argument("--batches", default="1,64,1024")
-    p.add_argument("--variants", default="eager-fp32,graph-fp32,compiled-bf16")
+    p.add_argument("--variants", default="eager-fp32,graph-fp32,compiled-fp16,compiled-bf16")
     p.add_argument("--compiled_batches", default="1,1024", help="batch sizes that get the compiled variants")
     p.add_argument("--samplers", default="np,onestep,ddim")
     p.add_argument("--out", default=None)

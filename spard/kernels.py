@@ -35,6 +35,9 @@ def available(x: torch.Tensor) -> bool:
     return triton is not None and x.dtype in (torch.bfloat16, torch.float16) and (x.is_cuda or INTERPRET)
 
 
+PROGRAMS = 512  # enough programs to fill a GPU's multiprocessors a few times over
+
+
 def _pow2(n: int, least: int = 16) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
@@ -100,10 +103,12 @@ def graph_conv(x, w, att, scale, shift, residual=None, tanh=True, out_dtype=None
     out = torch.empty(n, p, fout, device=x.device, dtype=out_dtype or x.dtype)
     res = residual if residual is not None else x  # a placeholder, not read, when there is no residual
     bf = min(128, _pow2(fout))
+    while bf > 16 and n * triton.cdiv(fout, bf) < PROGRAMS:  # few rows: narrower feature tiles, more programs
+        bf //= 2
     _graph_conv_kernel[(n, triton.cdiv(fout, bf))](
         x, w.contiguous(), att.contiguous(), scale.contiguous(), shift.contiguous(), res, out,
         p, fin, fout, *x.stride(), *res.stride(),
-        PP=_pow2(p), BK=32, BF=bf, TANH=tanh, RESIDUAL=residual is not None)
+        PP=_pow2(p), BK=64, BF=bf, TANH=tanh, RESIDUAL=residual is not None)
     return out
 
 
