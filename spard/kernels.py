@@ -3,7 +3,7 @@
 The denoiser attends over only `n_pre` (20) tokens and its GCNs work on `[48 nodes x F]` tiles per
 row. General-purpose kernels serve these shapes badly: a flash-attention kernel pads 20 tokens to
 64 x 128 tiles (a fifth of the time of a large batch), and a graph convolution is two matrix
-products plus an elementwise pass (three kernels per layer, a third of all kernels at one history).
+products plus an elementwise pass (three kernels per layer, two fifths of all kernels at one history).
 
     attention(qkv, heads)                        # [N, L, 3C] -> [N, L, C], softmax(q k^T / sqrt(d)) v
     graph_conv(x, w, att, scale, shift, ...)     # [N, P, Fin] -> [N, P, Fout]
