@@ -135,13 +135,11 @@ class FusedDenoiser(nn.Module):
     def transformer(self, x_t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # [N, n, D], [N, C]
         den, cfg = self.den, self.cfg
         n, length = x_t.shape[:2]
-        mods = F.linear(F.silu(emb), self.mod_weight, self.mod_bias).view(n, -1, 1, 2 * cfg.latent_dim)  # [N, 2L, 1, 2C]
+        mods = F.linear(F.silu(emb), self.mod_weight, self.mod_bias).view(n, -1, 2 * cfg.latent_dim)  # [N, 2L, 2C]
         styles = self.stylizations()
 
         def stylize(i: int, y: torch.Tensor) -> torch.Tensor:
-            scale, shift = mods[:, i].chunk(2, dim=-1)  # [N, 1, C] each
-            s = styles[i]
-            return s.out_layers(s.norm(y) * (1 + scale) + shift)
+            return styles[i].modulated(y, mods[:, i])
 
         h = den.joint_embed(x_t) + den.sequence_embedding[:length]  # [N, n, C]
         h = h.to(compute_dtype(x_t.device.type))
