@@ -1,6 +1,6 @@
 """Where the GPU time of one sampler call goes: kernels by kind, the largest ones, and the gaps.
 
-    python bench/kernels.py --sampler np --batch 1                  # GraphedSampler's defaults
+    python bench/kernels.py --sampler np --batch 1 --timeline       # GraphedSampler's defaults
     python bench/kernels.py --sampler np --batch 1024 --unfused --mode max-autotune-no-cudagraphs
 
 The sampler is built as `GraphedSampler` builds it but run without the CUDA graph under
@@ -36,10 +36,11 @@ def main() -> None:
     p.add_argument("--sampler", default="np")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--samples", type=int, default=50)
-    p.add_argument("--precision", default="bf16")
+    p.add_argument("--precision", default="fp16")
     p.add_argument("--mode", default="default", help="torch.compile mode")
     p.add_argument("--unfused", action="store_true", help="the reference model, weights not frozen (earlier path)")
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--timeline", action="store_true", help="also print every kernel in launch order")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.manual_seed(0)
@@ -69,8 +70,12 @@ def main() -> None:
     print(summary)
     print(table(kinds, ["kind", "calls", "us", "pct"]))
     print(table(rows, ["kernel", "calls", "us", "pct"]))
+    timeline = [{"i": i, "kernel": e.name[:70], "us": round(e.device_time_total, 1)}
+                for i, e in enumerate(sorted(kernels, key=lambda e: e.time_range.start))]
+    if args.timeline:
+        print(table(timeline, ["i", "kernel", "us"]))
     tag = f"{args.sampler}_{args.batch}x{args.samples}_{args.precision}{'_unfused' if args.unfused else ''}"
-    write(f"kernels_{tag}", {"summary": summary, "kinds": kinds, "top": rows}, args.out)
+    write(f"kernels_{tag}", {"summary": summary, "kinds": kinds, "top": rows, "timeline": timeline}, args.out)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ def measure(trainer: Trainer, steps: int, warmup: int, reference: ReferenceWindo
         source = (batch.poses for _ in range(10**6) for batch in trainer.windows.batches(
             b, trainer.generator, drop_last=True, rank=dist.rank(), world_size=dist.world_size()))
     world = dist.world_size()
+    windows = 0  # global windows of the timed steps
     for i in range(warmup + steps):
         if i == warmup:
             if dev.type == "cuda":
@@ -53,11 +54,13 @@ def measure(trainer: Trainer, steps: int, warmup: int, reference: ReferenceWindo
         lo = dist.rank() * len(poses) if reference is None else 0
         draws = {k: v[lo:lo + len(poses)] if v.shape[0] == n else v
                  for k, v in trainer.stage.draw(trainer.model, n, trainer.generator, cfg).items()}
-        trainer.train_step(poses, draws, n if reference is None else len(poses))
+        global_batch = n if reference is None else len(poses)
+        trainer.train_step(poses, draws, global_batch)
+        windows += global_batch if i >= warmup else 0
     if dev.type == "cuda":
         torch.cuda.synchronize()
     dist.barrier()
-    return steps * b * (world if reference is None else 1) / (time.perf_counter() - start)
+    return windows / (time.perf_counter() - start)
 
 
 def main() -> None:
