@@ -55,6 +55,30 @@ def time_fn(fn, device, *, warmup: int = 3, min_reps: int = 10, min_seconds: flo
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "reps": len(times)}
 
 
+def graph_call_us(fn, reps: int = 20) -> float:
+    """Median microseconds per call of `fn` on a GPU, from replays of a CUDA graph of `reps` calls
+    (launch gaps as inside a sampler's graph)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    times = []
+    for _ in range(15):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end) * 1e3 / reps)
+    return statistics.median(times)
+
+
 def matmul_peak_tflops(device, dtype=torch.bfloat16, n: int = 8192) -> float:
     """Measured dense matrix-product rate (random data), the ceiling the fractions refer to."""
     a = torch.randn(n, n, device=device, dtype=dtype)

@@ -99,9 +99,6 @@ class FusedDenoiser(nn.Module):
 
     - q, k and v of each block come from one matrix product (weights concatenated), and attention
       over the few tokens is one kernel (`kernels.attention`);
-    - every other matrix product of a block is one `kernels.linear`, which applies the LayerNorm,
-      modulation and SiLU of a stylization to its input as it reads it and the bias, GELU and
-      residual adds to its output: five kernels per block;
     - the 2 x num_layers scale/shift projections of the embedding are one product;
     - the refiner's way back to time, history write-back and forward DCT (three T x T products and
       a concatenation) is two small products: `dct[:r, :t_his] @ history + lift @ coeffs`, with
@@ -138,31 +135,26 @@ class FusedDenoiser(nn.Module):
     def transformer(self, x_t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # [N, n, D], [N, C]
         den, cfg = self.den, self.cfg
         n, length = x_t.shape[:2]
-        c = cfg.latent_dim
-        dtype = compute_dtype(x_t.device.type)
-        mods = F.linear(F.silu(emb), self.mod_weight, self.mod_bias).view(n, -1, 2 * c)  # [N, 2L, 2C]
+        mods = F.linear(F.silu(emb), self.mod_weight, self.mod_bias).view(n, -1, 2 * cfg.latent_dim)  # [N, 2L, 2C]
+        styles = self.stylizations()
 
-        def linear(x, layer, **extra):  # [N * n, in] -> [N * n, out]; an nn.Linear with a fused prologue/epilogue
-            return kernels.linear(x, layer.weight.to(dtype), layer.bias, **extra)
-
-        def stylized(x, i: int, styl: Stylization, residuals):  # out_layers(LN(x) * (1 + scale) + shift) + residuals
-            norm = (styl.norm.weight, styl.norm.bias, styl.norm.eps)
-            return linear(x, styl.out_layers[2], norm=norm, mod=mods[:, i], group=length, silu=True, residuals=residuals)
+        def stylize(i: int, y: torch.Tensor) -> torch.Tensor:
+            return styles[i].modulated(y, mods[:, i])
 
         h = den.joint_embed(x_t) + den.sequence_embedding[:length]  # [N, n, C]
-        h = h.to(dtype).reshape(n * length, c)  # [N * n, C]
+        h = h.to(compute_dtype(x_t.device.type))
         half = len(den.temporal_decoder_blocks) // 2
         skips = []
         for i, block in enumerate(den.temporal_decoder_blocks):
             if i < half:
                 skips.append(h)
-            sa, ffn = block.sa_block, block.ffn
-            qkv = kernels.linear(h, self.qkv_weight[i].to(dtype), norm=(sa.norm.weight, sa.norm.bias, sa.norm.eps))
-            y = kernels.attention(qkv.view(n, length, 3 * c), cfg.num_heads).view(n * length, c)
-            h = stylized(y, 2 * i, sa.proj_out, (h,))
-            y = linear(linear(h, ffn.linear1, gelu=True), ffn.linear2)
-            h = stylized(y, 2 * i + 1, ffn.proj_out, (h,) if i < half else (h, skips.pop()))
-        return den.out(h.view(n, length, c))
+            x = h
+            qkv = F.linear(block.sa_block.norm(x), self.qkv_weight[i])  # [N, n, 3C]
+            x = x + stylize(2 * i, kernels.attention(qkv.to(x.dtype), cfg.num_heads))
+            ffn = block.ffn
+            x = x + stylize(2 * i + 1, ffn.linear2(F.gelu(ffn.linear1(x))))
+            h = x if i < half else x + skips.pop()
+        return den.out(h)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y_cond: torch.Tensor | None, history: torch.Tensor,
                 keep_cond: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,21 +1,17 @@
-"""Three hand-written GPU kernels (Triton) for the inference path, each with a PyTorch twin.
+"""Two hand-written GPU kernels (Triton) for the inference path, each with a PyTorch twin.
 
 The denoiser attends over only `n_pre` (20) tokens and its GCNs work on `[48 nodes x F]` tiles per
 row. General-purpose kernels serve these shapes badly: a flash-attention kernel pads 20 tokens to
-64 x 128 tiles (a fifth of the time of a large batch), a graph convolution is two matrix products
-plus an elementwise pass, and each transformer sub-block is a LayerNorm, a modulation, an
-activation, a matrix product and a residual add, each a kernel and a pass over memory.
+64 x 128 tiles (a fifth of the time of a large batch), and a graph convolution is two matrix
+products plus an elementwise pass (three kernels per layer, two fifths of all kernels at one history).
 
     attention(qkv, heads)                        # [N, L, 3C] -> [N, L, C], softmax(q k^T / sqrt(d)) v
     graph_conv(x, w, att, scale, shift, ...)     # [N, P, Fin] -> [N, P, Fout]
-    linear(x, w, bias, norm=, mod=, silu=, gelu=, residuals=)   # [M, K] -> [M, N]
 
 `graph_conv` is one GCN layer in eval mode: `act((att @ (x @ w)) * scale + shift) (+ residual)`,
-with the layer's bias and BatchNorm folded into `scale` and `shift` ([P, Fout]). `linear` is a
-matrix product with the LayerNorm, AdaLN modulation and SiLU of its input applied as it is read,
-and the bias, GELU and residual adds applied before its output is written. The kernels run for
-bf16/fp16 CUDA tensors when Triton is installed (`available`); everything else takes the twin.
-Tests run the kernels in Triton's interpreter on the CPU (tests/test_fast.py).
+with the layer's bias and BatchNorm folded into `scale` and `shift` ([P, Fout]). The kernels run
+for bf16/fp16 CUDA tensors when Triton is installed (`available`); everything else takes the twin.
+Tests run the kernels in Triton's interpreter on the CPU (tests/test_kernels.py).
 """
 from __future__ import annotations
 
@@ -98,21 +94,29 @@ def graph_conv_reference(x, w, att, scale, shift, residual=None, tanh=True, out_
     return y.to(out_dtype or x.dtype)
 
 
-def graph_conv(x, w, att, scale, shift, residual=None, tanh=True, out_dtype=None):
-    """One eval-mode GCN layer per row in one kernel; `x`, `w`, `att` in one half dtype, `scale`/`shift` float32."""
+def graph_conv_tiles(rows: int, fout: int) -> tuple[int, int, int]:
+    """(feature tile, warps, stages) of `graph_conv`: narrower feature tiles when few rows, so more programs."""
+    bf = min(128, _pow2(fout))
+    while bf > 16 and rows * triton.cdiv(fout, bf) < PROGRAMS:
+        bf //= 2
+    return bf, 4, 3
+
+
+def graph_conv(x, w, att, scale, shift, residual=None, tanh=True, out_dtype=None, tiles=None):
+    """One eval-mode GCN layer per row in one kernel; `x`, `w`, `att` in one half dtype, `scale`/`shift` float32.
+
+    `tiles` = (feature tile, warps, stages) overrides `graph_conv_tiles` (bench/kernel_tiles.py sweeps it)."""
     n, p, fin = x.shape
     fout = w.shape[1]
     if not available(x) or p > 128:
         return graph_conv_reference(x, w, att, scale, shift, residual, tanh, out_dtype)
     out = torch.empty(n, p, fout, device=x.device, dtype=out_dtype or x.dtype)
     res = residual if residual is not None else x  # a placeholder, not read, when there is no residual
-    bf = min(128, _pow2(fout))
-    while bf > 16 and n * triton.cdiv(fout, bf) < PROGRAMS:  # few rows: narrower feature tiles, more programs
-        bf //= 2
+    bf, warps, stages = tiles or graph_conv_tiles(n, fout)
     _graph_conv_kernel[(n, triton.cdiv(fout, bf))](
         x, w.contiguous(), att.contiguous(), scale.contiguous(), shift.contiguous(), res, out,
         p, fin, fout, *x.stride(), *res.stride(),
-        PP=_pow2(p), BK=64, BF=bf, TANH=tanh, RESIDUAL=residual is not None)
+        PP=_pow2(p), BK=64, BF=bf, TANH=tanh, RESIDUAL=residual is not None, num_warps=warps, num_stages=stages)
     return out
 
 
@@ -143,114 +147,3 @@ if triton is not None:
         if RESIDUAL:
             y += tl.load(res + row * srn + node[:, None] * srp + feat[None, :] * srf, mask=keep, other=0.0).to(tl.float32)
         tl.store(out + row * P * FOUT + at, y.to(out.dtype.element_ty), mask=keep)
-
-
-# ------------------------------------------------------------------------------------------------ fused linear
-
-def linear_reference(x, w, bias=None, *, norm=None, mod=None, group=1, silu=False, gelu=False, residuals=()):
-    """`gelu(pre(x) @ w.T + bias) + sum(residuals)`, `pre` = LayerNorm, then `* (1 + scale) + shift`, then SiLU.
-
-    x `[M, K]`; w `[N, K]`; bias `[N]`; norm `(gamma, beta, eps)`; mod `[M / group, 2K]` (scale | shift,
-    one row per `group` consecutive rows of x); residuals `[M, N]` each. Output in x's dtype.
-    """
-    m, k = x.shape
-    h = x.float()
-    if norm is not None:
-        gamma, beta, eps = norm
-        h = F.layer_norm(h, (k,), gamma.float(), beta.float(), eps)
-    if mod is not None:
-        scale, shift = mod.float()[:, None].chunk(2, dim=-1)  # [G, 1, K] each
-        h = (h.view(-1, group, k) * (1 + scale) + shift).view(m, k)
-    if silu:
-        h = F.silu(h)
-    y = F.linear(h.to(w.dtype), w).float()
-    y = y + bias.float() if bias is not None else y
-    y = F.gelu(y) if gelu else y
-    for r in residuals:
-        y = y + r.float()
-    return y.to(x.dtype)
-
-
-def linear_tiles(m: int, n: int) -> tuple[int, int, int, int, int]:
-    """(BM, BN, BK, warps, stages) for an `[m, K] @ [K, n]` product: small tiles when few rows."""
-    if m <= 16384:
-        return 64, 64, 64, 4, 3
-    return 128, 128, 64, 8, 3
-
-
-def linear(x, w, bias=None, *, norm=None, mod=None, group=1, silu=False, gelu=False, residuals=(), tiles=None):
-    """`linear_reference` in one kernel (x, w, mod, residuals in one half dtype; gamma, beta, bias float32)."""
-    m, k = x.shape
-    n = w.shape[0]
-    if not available(x) or k % 16 or len(residuals) > 2:
-        return linear_reference(x, w, bias, norm=norm, mod=mod, group=group, silu=silu, gelu=gelu, residuals=residuals)
-    bm, bn, bk, warps, stages = tiles or linear_tiles(m, n)
-    x, w = x.contiguous(), w.contiguous()
-    out = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    gamma, beta, eps = norm if norm is not None else (x, x, 0.0)  # placeholders are never read
-    if mod is not None and mod.stride(1) != 1:
-        mod = mod.contiguous()
-    res = [r.contiguous() for r in residuals] + [x] * (2 - len(residuals))
-    _linear_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm))](
-        x, w, bias if bias is not None else x, out, gamma, beta, mod if mod is not None else x, res[0], res[1],
-        m, n, k, group, mod.stride(0) if mod is not None else 0, eps,
-        BIAS=bias is not None, NORM=norm is not None, MOD=mod is not None, SILU=silu, GELU=gelu,
-        RESIDUALS=len(residuals), BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
-    return out
-
-
-if triton is not None:
-    @triton.jit
-    def _linear_kernel(x, w, bias, out, gamma, beta, mod, res1, res2, M, N, K, GROUP, smod, eps,
-                       BIAS: tl.constexpr, NORM: tl.constexpr, MOD: tl.constexpr, SILU: tl.constexpr,
-                       GELU: tl.constexpr, RESIDUALS: tl.constexpr,
-                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        # column tiles vary fastest: programs running together share their rows of x (read once from memory)
-        cols = tl.program_id(0) * BN + tl.arange(0, BN)
-        rows = tl.program_id(1) * BM + tl.arange(0, BM)
-        in_rows, in_cols = rows < M, cols < N
-        if NORM:  # LayerNorm statistics of the rows, float32
-            s1 = tl.zeros((BM,), dtype=tl.float32)
-            s2 = tl.zeros((BM,), dtype=tl.float32)
-            for k0 in range(0, K, BK):
-                kk = k0 + tl.arange(0, BK)
-                a = tl.load(x + rows[:, None] * K + kk[None, :], mask=in_rows[:, None] & (kk[None, :] < K),
-                            other=0.0).to(tl.float32)
-                s1 += tl.sum(a, axis=1)
-                s2 += tl.sum(a * a, axis=1)
-            mean = s1 / K
-            rstd = tl.rsqrt(tl.maximum(s2 / K - mean * mean, 0.0) + eps)
-        group = rows // GROUP
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            kk = k0 + tl.arange(0, BK)
-            in_k = kk < K
-            a = tl.load(x + rows[:, None] * K + kk[None, :], mask=in_rows[:, None] & in_k[None, :], other=0.0)
-            if NORM or MOD or SILU:  # the input's elementwise prologue, float32
-                a = a.to(tl.float32)
-                if NORM:
-                    g = tl.load(gamma + kk, mask=in_k, other=0.0)
-                    b = tl.load(beta + kk, mask=in_k, other=0.0)
-                    a = (a - mean[:, None]) * rstd[:, None] * g[None, :] + b[None, :]
-                if MOD:
-                    at = mod + group[:, None] * smod + kk[None, :]
-                    keep = in_rows[:, None] & in_k[None, :]
-                    scale = tl.load(at, mask=keep, other=0.0).to(tl.float32)
-                    shift = tl.load(at + K, mask=keep, other=0.0).to(tl.float32)
-                    a = a * (1.0 + scale) + shift
-                if SILU:
-                    a = a * tl.sigmoid(a)
-                a = a.to(w.dtype.element_ty)
-            wt = tl.load(w + cols[None, :] * K + kk[:, None], mask=in_k[:, None] & in_cols[None, :], other=0.0)
-            acc += tl.dot(a, wt)  # [BM, BN] float32
-        if BIAS:
-            acc += tl.load(bias + cols, mask=in_cols, other=0.0)[None, :]
-        if GELU:  # exact (erf) GELU, as F.gelu
-            acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-        at = rows[:, None] * N + cols[None, :]
-        keep = in_rows[:, None] & in_cols[None, :]
-        if RESIDUALS >= 1:
-            acc += tl.load(res1 + at, mask=keep, other=0.0).to(tl.float32)
-        if RESIDUALS >= 2:
-            acc += tl.load(res2 + at, mask=keep, other=0.0).to(tl.float32)
-        tl.store(out + at, acc.to(out.dtype.element_ty), mask=keep)

@@ -1,5 +1,5 @@
 """The fast inference path computes the reference function: `fused` (regrouped arithmetic, folded
-BatchNorm), `GraphedSampler`, and the Triton kernels (run in Triton's CPU interpreter)."""
+BatchNorm), `GraphedSampler`, and the two Triton kernels (run in Triton's CPU interpreter)."""
 from __future__ import annotations
 
 import os
@@ -104,42 +104,6 @@ KERNEL_CHECK = textwrap.dedent("""
         got = FusedGCN(gcn)(x)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, gcn(x), rtol=0, atol=2e-2)
-
-    m, k, n, group = 60, 96, 80, 20  # the fused linear: every prologue and epilogue, edges of tiles included
-    x = torch.randn(m, k, generator=gen).mul(2).add(0.5).to(half)
-    w = (torch.randn(n, k, generator=gen) / 8).to(half)
-    bias = torch.randn(n, generator=gen)
-    norm = (torch.rand(k, generator=gen) + 0.5, torch.randn(k, generator=gen) * 0.1, 1e-5)
-    mod = (torch.randn(m // group, 2 * k + 7, generator=gen) * 0.3).to(half)[:, 3:3 + 2 * k]  # a strided view
-    r1, r2 = torch.randn(m, n, generator=gen).to(half), torch.randn(m, n, generator=gen).to(half)
-    for extra in ({}, {"bias": bias, "gelu": True}, {"bias": bias, "norm": norm},
-                  {"bias": bias, "norm": norm, "mod": mod, "group": group, "silu": True, "residuals": (r1, r2)}):
-        got = kernels.linear(x, w, **extra, tiles=(32, 32, 32, 4, 1))
-        want = kernels.linear_reference(x.float(), w.float(), **{
-            **extra, "mod": mod.float() if "mod" in extra else None,
-            "residuals": tuple(r.float() for r in extra.get("residuals", ()))})
-        assert got.dtype == half and got.shape == (m, n)
-        torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2)
-
-    import dataclasses  # the kernels wired into the whole fused model, under fp16 autocast
-    from spard import samplers
-    from spard.config import preset
-    from spard.fast import fused
-    from spard.model import SPARD
-    cfg = preset("h36m")
-    cfg = dataclasses.replace(cfg, denoiser=dataclasses.replace(
-        cfg.denoiser, latent_dim=32, ff_size=64, num_layers=2, num_heads=2, gcn_hidden=16, gcn_layers=1),
-        noise_predictor=dataclasses.replace(cfg.noise_predictor, hidden=16, layers=1, k=4)).synced()
-    torch.manual_seed(0)
-    model = SPARD(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():  # the zero-initialised branches made active
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    history = torch.randn(2, model.t_his, 48, generator=gen)
-    want = samplers.np_sample(model, history, 4)
-    with torch.autocast("cpu", dtype=half):
-        got = samplers.np_sample(fused(model), history, 4)
-    torch.testing.assert_close(got.float(), want, rtol=0, atol=1e-2 * want.abs().max().item())
     print("kernels ok")
 """)
 
@@ -169,18 +133,6 @@ def test_triton_kernels_on_the_gpu(dtype):
     got = kernels.graph_conv(x, w, att, scale, shift)
     want = kernels.graph_conv_reference(x.float(), w.float(), att.float(), scale, shift, out_dtype=torch.float32)
     torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2)
-    x = torch.randn(1000, 512, device="cuda", generator=gen).to(dtype)
-    w = (torch.randn(512, 512, device="cuda", generator=gen) / 22).to(dtype)
-    bias = torch.randn(512, device="cuda", generator=gen)
-    norm = (torch.rand(512, device="cuda", generator=gen) + 0.5, torch.randn(512, device="cuda", generator=gen), 1e-5)
-    mod = (torch.randn(50, 1024, device="cuda", generator=gen) * 0.3).to(dtype)
-    res = torch.randn(1000, 512, device="cuda", generator=gen).to(dtype)
-    for extra in ({"bias": bias, "gelu": True}, {"norm": norm, "mod": mod, "group": 20, "silu": True, "residuals": (res,)}):
-        got = kernels.linear(x, w, **extra)
-        want = kernels.linear_reference(x.float(), w.float(), **{
-            **extra, "mod": mod.float() if "mod" in extra else None,
-            "residuals": tuple(r.float() for r in extra.get("residuals", ()))})
-        torch.testing.assert_close(got.float(), want, rtol=0, atol=6e-2 if dtype == torch.bfloat16 else 1e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

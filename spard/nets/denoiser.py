@@ -47,7 +47,11 @@ class Stylization(nn.Module):
         self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), zero_init(nn.Linear(latent, latent)))
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # [N, L, C], [N, E]
-        scale, shift = self.emb_layers(emb)[:, None].chunk(2, dim=-1)  # [N, 1, C] each
+        return self.modulated(h, self.emb_layers(emb))
+
+    def modulated(self, h: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:  # [N, L, C], [N, 2C]
+        """The block given its embedding projection `mod` = scale | shift."""
+        scale, shift = mod[:, None].chunk(2, dim=-1)  # [N, 1, C] each
         return self.out_layers(self.norm(h) * (1 + scale) + shift)
 
 
