@@ -54,6 +54,7 @@ def main() -> None:
     p.add_argument("--variants", default="eager-fp32,graph-fp32,compiled-fp16,compiled-bf16")
     p.add_argument("--compiled_batches", default="1,1024", help="batch sizes that get the compiled variants")
     p.add_argument("--samplers", default="np,onestep,ddim")
+    p.add_argument("--ddim_max_histories", type=int, default=64, help="ddim (ten evaluations) only up to this batch")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     device = torch.device(args.device)
@@ -71,8 +72,8 @@ def main() -> None:
     for b in batches:
         for sampler in args.samplers.split(","):
             for variant in variants:
-                if sampler == "ddim" and b > 64:
-                    continue  # seconds per call that tell nothing new: ten evaluations of twice the batch
+                if sampler == "ddim" and b > args.ddim_max_histories:
+                    continue  # seconds per call
                 if variant.startswith("compiled") and str(b) not in args.compiled_batches.split(","):
                     continue
                 history = torch.randn(b, model.t_his, model.cfg.denoiser.input_feats, device=device)

@@ -35,9 +35,6 @@ def available(x: torch.Tensor) -> bool:
     return triton is not None and x.dtype in (torch.bfloat16, torch.float16) and (x.is_cuda or INTERPRET)
 
 
-PROGRAMS = 512  # enough programs to fill a GPU's multiprocessors a few times over
-
-
 def _pow2(n: int, least: int = 16) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
@@ -51,8 +48,10 @@ def attention_reference(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, c3 // 3)
 
 
-def attention(qkv: torch.Tensor, heads: int, warps: int = 4) -> torch.Tensor:
-    """Self-attention of few tokens: one program per (row, head) holds all of q, k, v and the scores."""
+def attention(qkv: torch.Tensor, heads: int, warps: int | None = None) -> torch.Tensor:
+    """Self-attention of few tokens: one program per (row, head) holds all of q, k, v and the scores.
+
+    `warps` per program: 2 for many rows, else 4 (measured best on an H100, bench/kernel_tiles.py)."""
     n, length, c3 = qkv.shape
     c = c3 // 3
     d = c // heads
@@ -60,7 +59,7 @@ def attention(qkv: torch.Tensor, heads: int, warps: int = 4) -> torch.Tensor:
         return attention_reference(qkv, heads)
     qkv = qkv.contiguous()
     out = torch.empty(n, length, c, device=qkv.device, dtype=qkv.dtype)
-    _attention_kernel[(n, heads)](qkv, out, length, c, 1.0 / math.sqrt(d), D=d, LP=_pow2(length), num_warps=warps)
+    _attention_kernel[(n, heads)](qkv, out, length, c, 1.0 / math.sqrt(d), D=d, LP=_pow2(length), num_warps=warps or (2 if n >= 4096 else 4))
     return out
 
 
@@ -95,11 +94,16 @@ def graph_conv_reference(x, w, att, scale, shift, residual=None, tanh=True, out_
 
 
 def graph_conv_tiles(rows: int, fout: int) -> tuple[int, int, int]:
-    """(feature tile, warps, stages) of `graph_conv`: narrower feature tiles when few rows, so more programs."""
-    bf = min(128, _pow2(fout))
-    while bf > 16 and rows * triton.cdiv(fout, bf) < PROGRAMS:
+    """(feature tile, warps, stages) of `graph_conv`, as measured best on an H100 (bench/kernel_tiles.py).
+
+    Tiles 64 features wide, so each row's input is read by few programs; 128 wide when there are
+    rows enough to fill the GPU anyway; narrower, down to 16, while fewer than 64 programs would
+    share the layer (a single history's noise predictor: 16 programs, or 63 for its last layer).
+    """
+    bf = 128 if rows >= 8192 else 64
+    while bf > 16 and rows * triton.cdiv(fout, bf) < 64:
         bf //= 2
-    return bf, 4, 3
+    return min(bf, _pow2(fout)), 4, 3
 
 
 def graph_conv(x, w, att, scale, shift, residual=None, tanh=True, out_dtype=None, tiles=None):
