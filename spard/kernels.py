@@ -66,7 +66,7 @@ def attention(qkv: torch.Tensor, heads: int, warps: int | None = None) -> torch.
 if triton is not None:
     @triton.jit
     def _attention_kernel(qkv, out, L, C, scale, D: tl.constexpr, LP: tl.constexpr):
-        row, head = tl.program_id(0), tl.program_id(1)
+        row, head = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit offsets: large batches pass 2^31 elements
         tok = tl.arange(0, LP)
         dim = tl.arange(0, D)
         real = tok[:, None] < L
@@ -130,7 +130,7 @@ if triton is not None:
                            sxn, sxp, sxf, srn, srp, srf,
                            PP: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr,
                            TANH: tl.constexpr, RESIDUAL: tl.constexpr):
-        row, tile = tl.program_id(0), tl.program_id(1)
+        row, tile = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit offsets, as in attention
         node = tl.arange(0, PP)
         feat = tile * BF + tl.arange(0, BF)
         acc = tl.zeros((PP, BF), dtype=tl.float32)
