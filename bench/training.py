@@ -21,6 +21,7 @@ from common import table, write
 from spard import distributed as dist
 from spard.config import preset
 from spard.data import ReferenceWindows, load_dataset
+from spard.data.windows import Batch
 from spard.model import SPARD
 from spard.runs import make_logger
 from spard.train import Trainer
@@ -30,37 +31,31 @@ H36M_WINDOWS_PER_EPOCH = 150 * (2800 - 125 + 1) // 10
 PUBLISHED_EPOCHS = {"base": 1000, "distill": 1000, "np": 100}
 
 
-def measure(trainer: Trainer, steps: int, warmup: int, reference: ReferenceWindows | None) -> float:
-    """Windows per second (all ranks) over `steps` optimiser steps after `warmup` steps."""
+def measure(trainer: Trainer, steps: int, warmup: int, reference: ReferenceWindows | None) -> tuple[int, float]:
+    """(windows, seconds) of `steps` optimiser steps after `warmup` steps; windows of all ranks."""
     cfg, dev = trainer.cfg, trainer.device
     trainer.stage.train_modes(trainer.model)
     b = cfg.train.batch_size
-    if reference is not None:
+    if reference is not None:  # one process, whole batches built on the CPU
         loader = torch.utils.data.DataLoader(reference, batch_size=b, shuffle=True, num_workers=0, drop_last=True)
-        source = (p.to(dev, non_blocking=True) for _ in range(10**6) for p in loader)
-    else:
-        source = (batch.poses for _ in range(10**6) for batch in trainer.windows.batches(
+        source = (Batch(p.to(dev, non_blocking=True), 0, len(p), len(p)) for _ in range(10**6) for p in loader)
+    else:  # this rank's slice of each global batch
+        source = (batch for _ in range(10**6) for batch in trainer.windows.batches(
             b, trainer.generator, drop_last=True, rank=dist.rank(), world_size=dist.world_size()))
-    world = dist.world_size()
-    windows = 0  # global windows of the timed steps
+    windows = 0
     for i in range(warmup + steps):
         if i == warmup:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             dist.barrier()
             start = time.perf_counter()
-        poses = next(source)
-        n = len(poses) * (world if reference is None else 1)
-        lo = dist.rank() * len(poses) if reference is None else 0
-        draws = {k: v[lo:lo + len(poses)] if v.shape[0] == n else v
-                 for k, v in trainer.stage.draw(trainer.model, n, trainer.generator, cfg).items()}
-        global_batch = n if reference is None else len(poses)
-        trainer.train_step(poses, draws, global_batch)
-        windows += global_batch if i >= warmup else 0
+        batch = next(source)
+        trainer.train_step(batch.poses, trainer.draws_for(batch), batch.global_size)
+        windows += batch.global_size if i >= warmup else 0
     if dev.type == "cuda":
         torch.cuda.synchronize()
     dist.barrier()
-    return windows / (time.perf_counter() - start)
+    return windows, time.perf_counter() - start
 
 
 def main() -> None:
@@ -101,9 +96,9 @@ def main() -> None:
             ref = ReferenceWindows(dataset.train, cfg.data.t_total, cfg.data.stride, cfg.data.aug, cfg.data.rota_prob,
                                    seed=0) if variant == "reference" else None
             started = time.perf_counter()
-            rate = measure(trainer, args.steps, args.warmup, ref)
+            windows, seconds = measure(trainer, args.steps, args.warmup, ref)
             row = {"stage": stage, "variant": variant, "gpus": world, "global_batch": args.batch_size,
-                   "windows_per_s": round(rate),
+                   "windows": windows, "windows_per_s": round(windows / seconds),
                    "total_s": round(time.perf_counter() - started, 1)}
             rows.append(row)
             if dist.is_main():

@@ -11,7 +11,7 @@ products plus an elementwise pass (three kernels per layer, two fifths of all ke
 `graph_conv` is one GCN layer in eval mode: `act((att @ (x @ w)) * scale + shift) (+ residual)`,
 with the layer's bias and BatchNorm folded into `scale` and `shift` ([P, Fout]). The kernels run
 for bf16/fp16 CUDA tensors when Triton is installed (`available`); everything else takes the twin.
-Tests run the kernels in Triton's interpreter on the CPU (tests/test_kernels.py).
+Tests run the kernels in Triton's interpreter on the CPU (tests/test_fast.py).
 """
 from __future__ import annotations
 

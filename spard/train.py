@@ -29,6 +29,7 @@ from . import losses
 from .checkpoints import save_checkpoint, read_file, load_state
 from .config import Config
 from .data import TrainWindows
+from .data.windows import Batch
 from .data.dataset import Dataset
 from .evaluate import evaluate, make_protocol
 from .model import SPARD, to_model_space
@@ -98,10 +99,6 @@ class StageLoss(nn.Module):
         return losses.noise_predictor_loss(self.model, traj, kind=tc.loss)[0]
 
 
-def _slice(draws: dict, lo: int, hi: int, n: int) -> dict:
-    return {k: v[lo:hi] if v.shape[0] == n else v for k, v in draws.items()}
-
-
 def _rng_state(generator: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
     if torch.cuda.is_available():
@@ -164,6 +161,13 @@ class Trainer:
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
     # -- one epoch ------------------------------------------------------------------------------
+    def draws_for(self, batch: Batch) -> dict:
+        """The stage's random inputs for `batch`: drawn for the whole global batch (every rank draws the
+        same, keeping the generators in step), this rank's rows `[lo, hi)` kept."""
+        n = batch.global_size
+        draws = self.stage.draw(self.model, n, self.generator, self.cfg)
+        return {k: v[batch.lo:batch.hi] if v.shape[0] == n else v for k, v in draws.items()}
+
     def train_step(self, poses: torch.Tensor, draws: dict, global_size: int) -> torch.Tensor:
         """One optimiser step on this rank's windows `[b, T, J+1, 3]` of a global batch; returns the loss."""
         traj = to_model_space(poses)  # [b, T, D]
@@ -183,7 +187,7 @@ class Trainer:
                    unit="batch", leave=False, disable=not (self.progress and dist.is_main()))
         for batch in self.windows.batches(tc.batch_size, self.generator, rank=dist.rank(), world_size=world):
             n = batch.global_size
-            draws = _slice(self.stage.draw(self.model, n, self.generator, self.cfg), batch.lo, batch.hi, n)
+            draws = self.draws_for(batch)
             if n < max(2, world):  # BatchNorm needs 2 windows, each rank 1: skip, its draws taken all the same
                 continue
             total += self.train_step(batch.poses, draws, n) * len(batch.poses)
