@@ -59,7 +59,8 @@ def attention(qkv: torch.Tensor, heads: int, warps: int | None = None) -> torch.
         return attention_reference(qkv, heads)
     qkv = qkv.contiguous()
     out = torch.empty(n, length, c, device=qkv.device, dtype=qkv.dtype)
-    _attention_kernel[(n, heads)](qkv, out, length, c, 1.0 / math.sqrt(d), D=d, LP=_pow2(length), num_warps=warps or (2 if n >= 4096 else 4))
+    warps = warps or (2 if n >= 4096 else 4)
+    _attention_kernel[(n, heads)](qkv, out, length, c, 1.0 / math.sqrt(d), D=d, LP=_pow2(length), num_warps=warps)
     return out
 
 
@@ -101,7 +102,7 @@ def graph_conv_tiles(rows: int, fout: int) -> tuple[int, int, int]:
     share the layer (a single history's noise predictor: 16 programs, or 63 for its last layer).
     """
     bf = 128 if rows >= 8192 else 64
-    while bf > 16 and rows * triton.cdiv(fout, bf) < 64:
+    while bf > 16 and rows * -(-fout // bf) < 64:  # programs: rows x feature tiles
         bf //= 2
     return min(bf, _pow2(fout)), 4, 3
 

@@ -74,6 +74,15 @@ def test_unknown_precision_is_refused():
         GraphedSampler(trained_like(), "np", 1, 5, precision="fp8", compile=False)
 
 
+def test_graph_conv_tiles_follow_the_measured_sweep():
+    """bench/kernel_tiles.py on an H100: 16-wide tiles for a single row, 64 for tens to thousands of rows,
+    128 for tens of thousands."""
+    from spard.kernels import graph_conv_tiles
+
+    assert [graph_conv_tiles(rows, fout)[0] for rows, fout in [(1, 256), (1, 1000), (50, 256), (50, 125), (1024, 256),
+                                                               (51200, 256), (2, 20)]] == [16, 16, 64, 64, 64, 128, 16]
+
+
 KERNEL_CHECK = textwrap.dedent("""
     import torch
     from spard import kernels
