@@ -49,7 +49,7 @@ def main() -> None:
         qkv = torch.randn(n, 20, 3 * 512, device=dev, dtype=dt)
         times = {w: graph_call_us(lambda: kernels.attention(qkv, 8, warps=w)) for w in (1, 2, 4, 8)}
         best = min(times, key=times.get)
-        default = 2 if n >= 4096 else 4  # kernels.attention's choice
+        default = kernels.attention_warps(n)
         row = {"kernel": "attention", "what": "8 heads x 20 tokens", "rows": n, "default": str(default),
                "default_us": round(times[default], 1), "best": str(best), "best_us": round(times[best], 1),
                "all_us": {str(w): round(u, 1) for w, u in times.items()}}

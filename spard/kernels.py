@@ -48,10 +48,15 @@ def attention_reference(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, c3 // 3)
 
 
+def attention_warps(rows: int) -> int:
+    """Warps per program of `attention`: 2 for many rows, else 4 (measured best on an H100, bench/kernel_tiles.py)."""
+    return 2 if rows >= 4096 else 4
+
+
 def attention(qkv: torch.Tensor, heads: int, warps: int | None = None) -> torch.Tensor:
     """Self-attention of few tokens: one program per (row, head) holds all of q, k, v and the scores.
 
-    `warps` per program: 2 for many rows, else 4 (measured best on an H100, bench/kernel_tiles.py)."""
+    `warps` overrides `attention_warps` (bench/kernel_tiles.py sweeps it)."""
     n, length, c3 = qkv.shape
     c = c3 // 3
     d = c // heads
@@ -59,7 +64,7 @@ def attention(qkv: torch.Tensor, heads: int, warps: int | None = None) -> torch.
         return attention_reference(qkv, heads)
     qkv = qkv.contiguous()
     out = torch.empty(n, length, c, device=qkv.device, dtype=qkv.dtype)
-    warps = warps or (2 if n >= 4096 else 4)
+    warps = warps or attention_warps(n)
     _attention_kernel[(n, heads)](qkv, out, length, c, 1.0 / math.sqrt(d), D=d, LP=_pow2(length), num_warps=warps)
     return out
 
