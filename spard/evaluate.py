@@ -17,7 +17,7 @@ from tqdm import tqdm
 from . import distributed as dist
 from . import metrics
 from .data.dataset import Dataset
-from .fast import autocast
+from .fast import autocast, float32_products
 from .model import SPARD, to_model_space
 from .samplers import get_sampler
 
@@ -94,7 +94,7 @@ def evaluate(model: SPARD, protocol: Protocol, sampler: str, *, num_samples: int
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with autocast(precision, device.type):
+        with autocast(precision, device.type), float32_products(precision):
             pred = sample(model, traj[:, :t_his], num_samples, generator=_block_noise_generator(seed, block, device),
                           **sampler_options)[:, :, t_his:].float()  # [B, S, t_pred, D]
         if device.type == "cuda":

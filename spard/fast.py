@@ -31,13 +31,40 @@ from .nets.gcn import GCN
 from .samplers import get_sampler
 
 
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
 def autocast(precision: str, device_type: str):
     """Autocast context for a precision name: 'fp32' or 'tf32' (none), 'bf16' or 'fp16'."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose fp32, tf32, bf16 or fp16")
     if precision in ("bf16", "fp16"):
         return torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    if precision in ("fp32", "tf32"):
-        return contextlib.nullcontext()
-    raise ValueError(f"unknown precision {precision!r}; choose fp32, tf32, bf16 or fp16")
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def float32_products(precision: str):
+    """CUDA float32 matrix products in TF32 while a precision other than 'fp32' is in use (under
+    'bf16'/'fp16' these are the DCT products, which autocast leaves in float32); 'fp32' leaves
+    `torch.backends.cuda.matmul.allow_tf32` as it is. Set around a call, not inside a compiled function."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = before if precision == "fp32" else True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def linear_gelu(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """`gelu(layer(x))`. Half precision on a GPU: one cuBLAS product with the GELU applied as it
+    writes, in its tanh form (at most 4.7e-4 from the exact GELU; the accuracy check in
+    docs/performance.md includes it). Otherwise the exact GELU, as in the reference."""
+    if not (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)):
+        return F.gelu(layer(x))
+    flat = torch._addmm_activation(layer.bias.to(x.dtype), x.reshape(-1, x.shape[-1]), layer.weight.to(x.dtype).t(),
+                                   use_gelu=True)
+    return flat.view(*x.shape[:-1], -1)
 
 
 def compute_dtype(device_type: str) -> torch.dtype:
@@ -97,8 +124,11 @@ class FusedDenoiser(nn.Module):
     """`Denoiser`'s function with its arithmetic regrouped for inference; same weights, same outputs
     up to rounding (checked against the reference in tests/test_fast.py):
 
-    - q, k and v of each block come from one matrix product (weights concatenated), and attention
-      over the few tokens is one kernel (`kernels.attention`);
+    - q, k and v of each block come from one matrix product (weights concatenated); attention
+      over the few tokens and the LayerNorm, modulation and SiLU of the stylization after it are
+      one kernel (`kernels.attention`);
+    - in half precision on a GPU, the feed-forward GELU is applied by the matrix product before it
+      (`linear_gelu`);
     - the 2 x num_layers scale/shift projections of the embedding are one product;
     - the refiner's way back to time, history write-back and forward DCT (three T x T products and
       a concatenation) is two small products: `dct[:r, :t_his] @ history + lift @ coeffs`, with
@@ -137,10 +167,6 @@ class FusedDenoiser(nn.Module):
         n, length = x_t.shape[:2]
         mods = F.linear(F.silu(emb), self.mod_weight, self.mod_bias).view(n, -1, 2 * cfg.latent_dim)  # [N, 2L, 2C]
         styles = self.stylizations()
-
-        def stylize(i: int, y: torch.Tensor) -> torch.Tensor:
-            return styles[i].modulated(y, mods[:, i])
-
         h = den.joint_embed(x_t) + den.sequence_embedding[:length]  # [N, n, C]
         h = h.to(compute_dtype(x_t.device.type))
         half = len(den.temporal_decoder_blocks) // 2
@@ -150,9 +176,12 @@ class FusedDenoiser(nn.Module):
                 skips.append(h)
             x = h
             qkv = F.linear(block.sa_block.norm(x), self.qkv_weight[i])  # [N, n, 3C]
-            x = x + stylize(2 * i, kernels.attention(qkv.to(x.dtype), cfg.num_heads))
+            style = styles[2 * i]
+            y = kernels.attention(qkv.to(x.dtype), cfg.num_heads,  # with the stylization's norm, modulation, SiLU
+                                  stylize=(mods[:, 2 * i], style.norm.weight, style.norm.bias, style.norm.eps))
+            x = x + style.out_layers[-1](y)
             ffn = block.ffn
-            x = x + stylize(2 * i + 1, ffn.linear2(F.gelu(ffn.linear1(x))))
+            x = x + styles[2 * i + 1].modulated(ffn.linear2(linear_gelu(x, ffn.linear1)), mods[:, 2 * i + 1])
             h = x if i < half else x + skips.pop()
         return den.out(h)
 
@@ -182,6 +211,7 @@ class GraphedSampler:
     def __init__(self, model: SPARD, sampler: str, batch_size: int, num_samples: int, *, precision: str = "fp16",
                  compile: bool = True, graph: bool = True, fuse: bool = True, freeze: bool = True,
                  warmup: int = 3, compile_mode: str = "default"):
+        autocast(precision, "cpu")  # refuses an unknown precision now, before any compiling
         model = model.eval()
         self.model = fused(model) if fuse else model
         self.name, self.precision = sampler, precision
@@ -201,7 +231,7 @@ class GraphedSampler:
         self.graph = None
         # freezing: the compiler treats the weights as constants (casts to bf16 and the like done once)
         frozen = torch._inductor.config.patch(freezing=True) if compile and freeze else contextlib.nullcontext()
-        with torch.no_grad(), frozen:
+        with torch.no_grad(), frozen, float32_products(precision):
             if device.type == "cuda":
                 stream = torch.cuda.Stream()
                 stream.wait_stream(torch.cuda.current_stream())
@@ -227,4 +257,5 @@ class GraphedSampler:
         if self.graph is not None:
             self.graph.replay()
             return self.out
-        return self.fn(self.history, self.noise)
+        with float32_products(self.precision):
+            return self.fn(self.history, self.noise)
