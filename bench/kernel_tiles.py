@@ -2,11 +2,9 @@
 
     python bench/kernel_tiles.py           # GPU; prints the best setting per shape and the default's time
 
-`graph_conv`: feature tile x warps x rows per program, for the noise predictor at one history
-(1 row) and the refiner at 1 x 50 (50 rows) and 1024 x 50 (51,200 rows); 3 pipeline stages, the
-best or as good as 2 at every shape in an earlier sweep. `attention`, with a stylization's input
-step as the denoiser calls it: warps. Times are per call inside a CUDA graph
-(`common.graph_call_us`). The defaults of `spard.kernels` come from this table.
+`graph_conv`: feature tile x warps x pipeline stages, for the noise predictor at one history (1 row)
+and the refiner at 1 x 50 (50 rows) and 1024 x 50 (51,200 rows). `attention`: warps. Times are per
+call inside a CUDA graph (`common.graph_call_us`). The defaults of `spard.kernels` come from this table.
 """
 from __future__ import annotations
 
@@ -38,10 +36,7 @@ def main() -> None:
         scale, shift = torch.rand(nodes, fout, device=dev) + 0.5, torch.randn(nodes, fout, device=dev)
         default = kernels.graph_conv_tiles(n, fout)
         times = {}
-        for tiles in itertools.product((16, 32, 64, 128), (2, 4, 8), (3,), (1, 2, 4)):
-            bf, warps, _, r = tiles
-            if r > n or r * 64 * bf > 128 * 32 * warps:  # more rows than there are; over 128 accumulators a thread
-                continue
+        for tiles in itertools.product((16, 32, 64, 128), (2, 4, 8), (2, 3)):
             times[tiles] = graph_call_us(lambda: kernels.graph_conv(x, w, att, scale, shift, tiles=tiles))
         best = min(times, key=times.get)
         row = {"kernel": "graph_conv", "what": what, "rows": n, "fin": fin, "fout": fout,
@@ -52,13 +47,10 @@ def main() -> None:
         print({k: v for k, v in row.items() if k != "all_us"}, flush=True)
     for n in ATTENTION_ROWS:
         qkv = torch.randn(n, 20, 3 * 512, device=dev, dtype=dt)
-        mods = torch.randn(n, 16, 2 * 512, device=dev, dtype=dt)
-        norm = (torch.rand(512, device=dev) + 0.5, torch.randn(512, device=dev), 1e-5)
-        times = {w: graph_call_us(lambda: kernels.attention(qkv, 8, stylize=(mods[:, 0], *norm), warps=w))
-                 for w in (1, 2, 4, 8)}
+        times = {w: graph_call_us(lambda: kernels.attention(qkv, 8, warps=w)) for w in (1, 2, 4, 8)}
         best = min(times, key=times.get)
         default = kernels.attention_warps(n)
-        row = {"kernel": "attention", "what": "8 heads x 20 tokens, stylized", "rows": n, "default": str(default),
+        row = {"kernel": "attention", "what": "8 heads x 20 tokens", "rows": n, "default": str(default),
                "default_us": round(times[default], 1), "best": str(best), "best_us": round(times[best], 1),
                "all_us": {str(w): round(u, 1) for w, u in times.items()}}
         rows.append(row)

@@ -93,23 +93,17 @@ KERNEL_CHECK = textwrap.dedent("""
     got, want = kernels.attention(qkv, 2), kernels.attention_reference(qkv.float(), 2)
     assert got.dtype == half and got.shape == (3, 20, 32)
     torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-3)
-    mods = torch.randn(3, 4, 2 * 32, generator=gen).to(half)  # [N, stylizations, scale | shift]
-    norm = (torch.rand(32, generator=gen) + 0.5, torch.randn(32, generator=gen) / 10, 1e-5)
-    got = kernels.attention(qkv, 2, stylize=(mods[:, 1], *norm))  # a strided view, as the model passes it
-    want = kernels.attention_reference(qkv.float(), 2, stylize=(mods[:, 1].float(), *norm))
-    torch.testing.assert_close(got.float(), want, rtol=0, atol=1e-2)
-    x = torch.randn(3, 40, 5, generator=gen).to(half).transpose(1, 2)  # [N, P=5, Fin=40], not contiguous
+    x = torch.randn(2, 40, 5, generator=gen).to(half).transpose(1, 2)  # [N, P=5, Fin=40], not contiguous
     w = (torch.randn(40, 70, generator=gen) / 6).to(half)
     att = (torch.randn(5, 5, generator=gen) / 2).to(half)
     scale, shift = torch.rand(5, 70, generator=gen) + 0.5, torch.randn(5, 70, generator=gen)
-    res = torch.randn(3, 5, 70, generator=gen)
+    res = torch.randn(2, 5, 70, generator=gen)
     for extra in ({}, {"residual": res, "tanh": False, "out_dtype": torch.float32}):
+        got = kernels.graph_conv(x, w, att, scale, shift, **extra)
         want = kernels.graph_conv_reference(x.float(), w.float(), att.float(), scale, shift,
                                             **{**extra, "out_dtype": torch.float32})
-        for tiles in (None, (32, 4, 3, 2)):  # 2 rows per program: the last program has one row
-            got = kernels.graph_conv(x, w, att, scale, shift, tiles=tiles, **extra)
-            assert got.dtype == extra.get("out_dtype", half) and got.shape == (3, 5, 70)
-            torch.testing.assert_close(got.float(), want, rtol=0, atol=2e-2)
+        assert got.dtype == extra.get("out_dtype", half) and got.shape == (2, 5, 70)
+        torch.testing.assert_close(got.float(), want, rtol=0, atol=2e-2)
 
     from spard.fast import FusedGCN  # the kernels wired into a whole GCN, under fp16 autocast
     from spard.nets.gcn import GCN
@@ -140,20 +134,14 @@ def test_triton_kernels_on_the_gpu(dtype):
     qkv = torch.randn(50, 20, 3 * 512, device="cuda", generator=gen).to(dtype)
     torch.testing.assert_close(kernels.attention(qkv, 8).float(), kernels.attention_reference(qkv.float(), 8),
                                rtol=0, atol=2e-2)
-    mods = torch.randn(50, 16, 2 * 512, device="cuda", generator=gen).to(dtype)
-    norm = (torch.rand(512, device="cuda", generator=gen) + 0.5, torch.randn(512, device="cuda", generator=gen) / 10, 1e-5)
-    got = kernels.attention(qkv, 8, stylize=(mods[:, 3], *norm))
-    want = kernels.attention_reference(qkv.float(), 8, stylize=(mods[:, 3].float(), *norm))
-    torch.testing.assert_close(got.float(), want, rtol=0, atol=5e-2)
     x = torch.randn(50, 48, 256, device="cuda", generator=gen).to(dtype)
     w = (torch.randn(256, 256, device="cuda", generator=gen) / 16).to(dtype)
     att = (torch.randn(48, 48, device="cuda", generator=gen) / 7).to(dtype)
     scale = torch.rand(48, 256, device="cuda", generator=gen) + 0.5
     shift = torch.randn(48, 256, device="cuda", generator=gen)
+    got = kernels.graph_conv(x, w, att, scale, shift)
     want = kernels.graph_conv_reference(x.float(), w.float(), att.float(), scale, shift, out_dtype=torch.float32)
-    for tiles in (None, (64, 4, 3, 2), (128, 8, 3, 4)):
-        got = kernels.graph_conv(x, w, att, scale, shift, tiles=tiles)
-        torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2)
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
