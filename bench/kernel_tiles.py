@@ -2,9 +2,10 @@
 
     python bench/kernel_tiles.py           # GPU; prints the best setting per shape and the default's time
 
-`graph_conv`: feature tile x warps x pipeline stages, for the noise predictor at one history (1 row)
-and the refiner at 1 x 50 (50 rows) and 1024 x 50 (51,200 rows). `attention`: warps. Times are per
-call inside a CUDA graph (`common.graph_call_us`). The defaults of `spard.kernels` come from this table.
+`graph_conv`: feature tile x warps x pipeline stages x product first (`x @ w` as one cuBLAS
+product, tried from 1,024 rows), for the noise predictor at one history (1 row) and the refiner at
+1 x 50 (50 rows) and 1024 x 50 (51,200 rows). `attention`: warps. Times are per call inside a
+CUDA graph (`common.graph_call_us`). The defaults of `spard.kernels` come from this table.
 """
 from __future__ import annotations
 
@@ -25,18 +26,22 @@ ATTENTION_ROWS = [50, 51200]  # (histories x samples) rows of 20 tokens, 8 heads
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--min_rows", type=int, default=0, help="sweep graph_conv only at shapes of this many rows or more")
+    p.add_argument("--product_first_rows", type=int, default=1024, help="try x @ w first at this many rows or more")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     dt, dev = torch.float16, "cuda"
     rows = []
-    for what, n, nodes, fin, fout in GCN_SHAPES:
+    for what, n, nodes, fin, fout in [shape for shape in GCN_SHAPES if shape[1] >= args.min_rows]:
         x = torch.randn(n, nodes, fin, device=dev, dtype=dt)
         w = torch.randn(fin, fout, device=dev, dtype=dt) / fin**0.5
         att = torch.randn(nodes, nodes, device=dev, dtype=dt) / nodes**0.5
         scale, shift = torch.rand(nodes, fout, device=dev) + 0.5, torch.randn(nodes, fout, device=dev)
         default = kernels.graph_conv_tiles(n, fout)
         times = {}
-        for tiles in itertools.product((16, 32, 64, 128), (2, 4, 8), (2, 3)):
+        for tiles in itertools.product((16, 32, 64, 128), (2, 4, 8), (2, 3), (False, True)):
+            if tiles[3] and n < args.product_first_rows:  # two kernels a layer: only where rows are many
+                continue
             times[tiles] = graph_call_us(lambda: kernels.graph_conv(x, w, att, scale, shift, tiles=tiles))
         best = min(times, key=times.get)
         row = {"kernel": "graph_conv", "what": what, "rows": n, "fin": fin, "fout": fout,

@@ -124,9 +124,8 @@ class FusedDenoiser(nn.Module):
     """`Denoiser`'s function with its arithmetic regrouped for inference; same weights, same outputs
     up to rounding (checked against the reference in tests/test_fast.py):
 
-    - q, k and v of each block come from one matrix product (weights concatenated); attention
-      over the few tokens and the LayerNorm, modulation and SiLU of the stylization after it are
-      one kernel (`kernels.attention`);
+    - q, k and v of each block come from one matrix product (weights concatenated), and attention
+      over the few tokens is one kernel (`kernels.attention`);
     - in half precision on a GPU, the feed-forward GELU is applied by the matrix product before it
       (`linear_gelu`);
     - the 2 x num_layers scale/shift projections of the embedding are one product;
@@ -176,10 +175,7 @@ class FusedDenoiser(nn.Module):
                 skips.append(h)
             x = h
             qkv = F.linear(block.sa_block.norm(x), self.qkv_weight[i])  # [N, n, 3C]
-            style = styles[2 * i]
-            y = kernels.attention(qkv.to(x.dtype), cfg.num_heads,  # with the stylization's norm, modulation, SiLU
-                                  stylize=(mods[:, 2 * i], style.norm.weight, style.norm.bias, style.norm.eps))
-            x = x + style.out_layers[-1](y)
+            x = x + styles[2 * i].modulated(kernels.attention(qkv.to(x.dtype), cfg.num_heads), mods[:, 2 * i])
             ffn = block.ffn
             x = x + styles[2 * i + 1].modulated(ffn.linear2(linear_gelu(x, ffn.linear1)), mods[:, 2 * i + 1])
             h = x if i < half else x + skips.pop()

@@ -99,34 +99,40 @@ def graph_conv_reference(x, w, att, scale, shift, residual=None, tanh=True, out_
     return y.to(out_dtype or x.dtype)
 
 
-def graph_conv_tiles(rows: int, fout: int) -> tuple[int, int, int]:
-    """(feature tile, warps, stages) of `graph_conv`, as measured best on an H100 (bench/kernel_tiles.py).
+def graph_conv_tiles(rows: int, fout: int) -> tuple[int, int, int, bool]:
+    """(feature tile, warps, stages, product first) of `graph_conv`, as measured best on an H100
+    (bench/kernel_tiles.py).
 
-    Tiles 64 features wide, so each row's input is read by few programs; 128 wide when there are
-    rows enough to fill the GPU anyway; narrower, down to 16, while fewer than 64 programs would
-    share the layer (a single history's noise predictor: 16 programs, or 63 for its last layer).
+    Tiles 64 features wide, so each row's input is read by few programs; narrower, down to 16, while
+    fewer than 64 programs would share the layer (a single history's noise predictor: 16 programs,
+    or 63 for its last layer). From 8,192 rows on, `x @ w` first as one cuBLAS product (51,200 rows:
+    2.49 against 2.92 ms with it in the kernel; 1,024 rows: the same time either way).
     """
-    bf = 128 if rows >= 8192 else 64
+    bf = 64
     while bf > 16 and rows * -(-fout // bf) < 64:  # programs: rows x feature tiles
         bf //= 2
-    return min(bf, _pow2(fout)), 4, 3
+    return min(bf, _pow2(fout)), 4, 3, rows >= 8192
 
 
 def graph_conv(x, w, att, scale, shift, residual=None, tanh=True, out_dtype=None, tiles=None):
     """One eval-mode GCN layer per row in one kernel; `x`, `w`, `att` in one half dtype, `scale`/`shift` float32.
 
-    `tiles` = (feature tile, warps, stages) overrides `graph_conv_tiles` (bench/kernel_tiles.py sweeps it)."""
+    With `product first`, `x @ w` is one cuBLAS product over all rows and the kernel does the rest.
+    `tiles` = (feature tile, warps, stages, product first) overrides `graph_conv_tiles`
+    (bench/kernel_tiles.py sweeps it)."""
     n, p, fin = x.shape
     fout = w.shape[1]
     if not available(x) or p > 128:
         return graph_conv_reference(x, w, att, scale, shift, residual, tanh, out_dtype)
     out = torch.empty(n, p, fout, device=x.device, dtype=out_dtype or x.dtype)
     res = residual if residual is not None else x  # a placeholder, not read, when there is no residual
-    bf, warps, stages = tiles or graph_conv_tiles(n, fout)
+    bf, warps, stages, product_first = tiles or graph_conv_tiles(n, fout)
+    if product_first:
+        x = (x.reshape(n * p, fin) @ w).view(n, p, fout)  # [N, P, Fout]: the kernel reads it in place of x and w
     _graph_conv_kernel[(n, triton.cdiv(fout, bf))](
         x, w.contiguous(), att.contiguous(), scale.contiguous(), shift.contiguous(), res, out,
-        p, fin, fout, *x.stride(), *res.stride(),
-        PP=_pow2(p), BK=64, BF=bf, TANH=tanh, RESIDUAL=residual is not None, num_warps=warps, num_stages=stages)
+        p, fin, fout, *x.stride(), *res.stride(), PP=_pow2(p), BK=64, BF=bf, PRODUCT_FIRST=product_first,
+        TANH=tanh, RESIDUAL=residual is not None, num_warps=warps, num_stages=stages)
     return out
 
 
@@ -134,22 +140,26 @@ if triton is not None:
     @triton.jit
     def _graph_conv_kernel(x, w, att, scale, shift, res, out, P, FIN, FOUT,
                            sxn, sxp, sxf, srn, srp, srf,
-                           PP: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr,
+                           PP: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, PRODUCT_FIRST: tl.constexpr,
                            TANH: tl.constexpr, RESIDUAL: tl.constexpr):
         row, tile = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit offsets, as in attention
         node = tl.arange(0, PP)
         feat = tile * BF + tl.arange(0, BF)
-        acc = tl.zeros((PP, BF), dtype=tl.float32)
-        for k0 in range(0, FIN, BK):  # x[row] @ w[:, tile]
-            kk = k0 + tl.arange(0, BK)
-            xs = tl.load(x + row * sxn + node[:, None] * sxp + kk[None, :] * sxf,
-                         mask=(node[:, None] < P) & (kk[None, :] < FIN), other=0.0)
-            ws = tl.load(w + kk[:, None] * FOUT + feat[None, :], mask=(kk[:, None] < FIN) & (feat[None, :] < FOUT),
-                         other=0.0)
-            acc += tl.dot(xs.to(ws.dtype), ws)
-        a = tl.load(att + node[:, None] * P + node[None, :], mask=(node[:, None] < P) & (node[None, :] < P), other=0.0)
-        y = tl.dot(a, acc.to(a.dtype))  # [PP, BF] float32: att @ (x @ w), rounded between the products as PyTorch does
         keep = (node[:, None] < P) & (feat[None, :] < FOUT)
+        a = tl.load(att + node[:, None] * P + node[None, :], mask=(node[:, None] < P) & (node[None, :] < P), other=0.0)
+        if PRODUCT_FIRST:  # x holds x @ w already
+            xw = tl.load(x + row * sxn + node[:, None] * sxp + feat[None, :] * sxf, mask=keep, other=0.0)
+        else:
+            acc = tl.zeros((PP, BF), dtype=tl.float32)
+            for k0 in range(0, FIN, BK):  # x[row] @ w[:, tile]
+                kk = k0 + tl.arange(0, BK)
+                xs = tl.load(x + row * sxn + node[:, None] * sxp + kk[None, :] * sxf,
+                             mask=(node[:, None] < P) & (kk[None, :] < FIN), other=0.0)
+                ws = tl.load(w + kk[:, None] * FOUT + feat[None, :],
+                             mask=(kk[:, None] < FIN) & (feat[None, :] < FOUT), other=0.0)
+                acc += tl.dot(xs.to(ws.dtype), ws)
+            xw = acc.to(a.dtype)  # rounded between the products, as PyTorch does
+        y = tl.dot(a, xw.to(a.dtype))  # [PP, BF] float32: att @ (x @ w)
         at = node[:, None] * FOUT + feat[None, :]
         y = y * tl.load(scale + at, mask=keep, other=0.0) + tl.load(shift + at, mask=keep, other=0.0)
         if TANH:

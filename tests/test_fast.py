@@ -75,12 +75,13 @@ def test_unknown_precision_is_refused():
 
 
 def test_graph_conv_tiles_follow_the_measured_sweep():
-    """bench/kernel_tiles.py on an H100: 16-wide tiles for a single row, 64 for tens to thousands of rows,
-    128 for tens of thousands."""
+    """bench/kernel_tiles.py on an H100: 16-wide tiles for a single row, 64 for more rows; the product
+    x @ w first, in cuBLAS, for tens of thousands of rows."""
     from spard.kernels import graph_conv_tiles
 
-    assert [graph_conv_tiles(rows, fout)[0] for rows, fout in [(1, 256), (1, 1000), (50, 256), (50, 125), (1024, 256),
-                                                               (51200, 256), (2, 20)]] == [16, 16, 64, 64, 64, 128, 16]
+    shapes = [(1, 256), (1, 1000), (50, 256), (50, 125), (1024, 256), (51200, 256), (2, 20)]
+    assert [graph_conv_tiles(rows, fout)[0] for rows, fout in shapes] == [16, 16, 64, 64, 64, 64, 16]
+    assert [graph_conv_tiles(rows, fout)[3] for rows, fout in shapes] == [False] * 5 + [True, False]
 
 
 KERNEL_CHECK = textwrap.dedent("""
@@ -99,11 +100,12 @@ KERNEL_CHECK = textwrap.dedent("""
     scale, shift = torch.rand(5, 70, generator=gen) + 0.5, torch.randn(5, 70, generator=gen)
     res = torch.randn(2, 5, 70, generator=gen)
     for extra in ({}, {"residual": res, "tanh": False, "out_dtype": torch.float32}):
-        got = kernels.graph_conv(x, w, att, scale, shift, **extra)
         want = kernels.graph_conv_reference(x.float(), w.float(), att.float(), scale, shift,
                                             **{**extra, "out_dtype": torch.float32})
-        assert got.dtype == extra.get("out_dtype", half) and got.shape == (2, 5, 70)
-        torch.testing.assert_close(got.float(), want, rtol=0, atol=2e-2)
+        for tiles in (None, (16, 4, 3, True)):  # the second: x @ w first, five feature tiles
+            got = kernels.graph_conv(x, w, att, scale, shift, tiles=tiles, **extra)
+            assert got.dtype == extra.get("out_dtype", half) and got.shape == (2, 5, 70)
+            torch.testing.assert_close(got.float(), want, rtol=0, atol=2e-2)
 
     from spard.fast import FusedGCN  # the kernels wired into a whole GCN, under fp16 autocast
     from spard.nets.gcn import GCN
@@ -139,9 +141,10 @@ def test_triton_kernels_on_the_gpu(dtype):
     att = (torch.randn(48, 48, device="cuda", generator=gen) / 7).to(dtype)
     scale = torch.rand(48, 256, device="cuda", generator=gen) + 0.5
     shift = torch.randn(48, 256, device="cuda", generator=gen)
-    got = kernels.graph_conv(x, w, att, scale, shift)
     want = kernels.graph_conv_reference(x.float(), w.float(), att.float(), scale, shift, out_dtype=torch.float32)
-    torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2)
+    for tiles in (None, (128, 4, 3, True)):
+        got = kernels.graph_conv(x, w, att, scale, shift, tiles=tiles)
+        torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
