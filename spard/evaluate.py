@@ -75,7 +75,8 @@ def evaluate(model: SPARD, protocol: Protocol, sampler: str, *, num_samples: int
              seed: int = 0, progress: bool = True, precision: str = "fp32", **sampler_options) -> dict:
     """Metrics of `sampler` on the protocol's windows, averaged the published way (formats.md section 4).
 
-    `precision` 'bf16' or 'fp16' runs the sampler under that autocast (the metrics stay in float32).
+    `precision` 'bf16' or 'fp16' runs the sampler under that autocast, its float32 products in TF32
+    (`spard.fast.float32_products`); the metrics stay in float32.
     Returns the eight metrics (FID None without a classifier) plus `seconds_per_window`.
     """
     sample = get_sampler(sampler)

@@ -10,9 +10,10 @@ buffer is reused by the next call (clone it to keep it). The weights are read wh
 built: build it again after they change.
 
 Precision: 'fp16' (default) and 'bf16' run the matrix products and keep the residual streams in
-that dtype, with LayerNorm, softmax and the DCT arithmetic in float32; 'fp32' and 'tf32' keep
-everything in float32. Measured on trained CMU checkpoints (docs/performance.md), fp16 changes
-ADE/FDE by at most 0.12 %; bf16, with three fewer mantissa bits, by up to 3 % for onestep.
+that dtype, with LayerNorm, softmax and the DCT arithmetic in float32 (its products in TF32), and
+the feed-forward GELU in cuBLAS's tanh form; 'fp32' and 'tf32' keep everything in float32.
+Measured on trained CMU checkpoints (docs/performance.md), fp16 changes ADE/FDE by at most
+0.1 %; bf16, with three fewer mantissa bits, by up to 3 % for onestep.
 """
 from __future__ import annotations
 
@@ -34,10 +35,14 @@ from .samplers import get_sampler
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
-def autocast(precision: str, device_type: str):
-    """Autocast context for a precision name: 'fp32' or 'tf32' (none), 'bf16' or 'fp16'."""
+def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose fp32, tf32, bf16 or fp16")
+
+
+def autocast(precision: str, device_type: str):
+    """Autocast context for a precision name: 'fp32' or 'tf32' (none), 'bf16' or 'fp16'."""
+    check_precision(precision)
     if precision in ("bf16", "fp16"):
         return torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     return contextlib.nullcontext()
@@ -207,7 +212,7 @@ class GraphedSampler:
     def __init__(self, model: SPARD, sampler: str, batch_size: int, num_samples: int, *, precision: str = "fp16",
                  compile: bool = True, graph: bool = True, fuse: bool = True, freeze: bool = True,
                  warmup: int = 3, compile_mode: str = "default"):
-        autocast(precision, "cpu")  # refuses an unknown precision now, before any compiling
+        check_precision(precision)  # now, before any compiling
         model = model.eval()
         self.model = fused(model) if fuse else model
         self.name, self.precision = sampler, precision

@@ -74,6 +74,21 @@ def test_unknown_precision_is_refused():
         GraphedSampler(trained_like(), "np", 1, 5, precision="fp8", compile=False)
 
 
+def test_float32_products_follow_the_precision_and_are_restored():
+    from spard.fast import float32_products
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for start in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = start
+            for precision, inside in (("fp16", True), ("bf16", True), ("tf32", True), ("fp32", start)):
+                with float32_products(precision):
+                    assert torch.backends.cuda.matmul.allow_tf32 is inside, precision
+                assert torch.backends.cuda.matmul.allow_tf32 is start
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def test_graph_conv_tiles_follow_the_measured_sweep():
     """bench/kernel_tiles.py on an H100: 16-wide tiles for a single row, 64 for more rows; the product
     x @ w first, in cuBLAS, for tens of thousands of rows."""
