@@ -159,7 +159,7 @@ if triton is not None:
                              mask=(kk[:, None] < FIN) & (feat[None, :] < FOUT), other=0.0)
                 acc += tl.dot(xs.to(ws.dtype), ws)
             xw = acc.to(a.dtype)  # rounded between the products, as PyTorch does
-        y = tl.dot(a, xw.to(a.dtype))  # [PP, BF] float32: att @ (x @ w)
+        y = tl.dot(a, xw)  # [PP, BF] float32: att @ (x @ w)
         at = node[:, None] * FOUT + feat[None, :]
         y = y * tl.load(scale + at, mask=keep, other=0.0) + tl.load(shift + at, mask=keep, other=0.0)
         if TANH:
