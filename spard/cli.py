@@ -385,7 +385,6 @@ def convert_parser() -> argparse.ArgumentParser:
 
 
 def run_convert(args) -> None:
-
     from . import checkpoints as ck
     from .config import preset
 
