@@ -20,7 +20,8 @@ from spard.config import preset
 from spard.fast import GraphedSampler
 from spard.model import SPARD
 
-KINDS = [("gemm", ("gemm", "sm90", "cutlass", "cublas", "nvjet", "mm_", "_mm", "bmm")),
+KINDS = [("GCN (spard.kernels)", ("_graph_conv_kernel", "_gcn_kernel")),
+         ("gemm", ("gemm", "sm90", "cutlass", "cublas", "nvjet", "mm_", "_mm", "bmm")),
          ("attention", ("flash", "fmha", "attention", "sdpa")),
          ("fused (triton)", ("triton",)),
          ("copy", ("copy", "memcpy", "memset", "cat"))]
