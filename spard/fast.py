@@ -80,36 +80,35 @@ def compute_dtype(device_type: str) -> torch.dtype:
 
 
 class FusedGCN(nn.Module):
-    """A `GCN` in eval mode as `kernels.gcn` (one kernel for few rows, one per layer for many): bias
-    and BatchNorm folded into one per-(node, feature) `scale` and `shift`, dropout gone, every
-    layer's parameters packed into flat buffers in layer order."""
+    """A `GCN` in eval mode as `kernels.graph_conv` layers (one kernel each on a GPU): bias and
+    BatchNorm folded into one per-(node, feature) `scale` and `shift`, dropout gone."""
 
     def __init__(self, gcn: GCN):
         super().__init__()
-        self.residual, self.blocks, self.hidden = gcn.residual, len(gcn.gcbs), gcn.gc1.weight.shape[1]
+        self.residual, self.blocks = gcn.residual, len(gcn.gcbs)
         convs = [(gcn.gc1, gcn.bn1)] + [c for b in gcn.gcbs for c in ((b.gc1, b.bn1), (b.gc2, b.bn2))] + [(gcn.gc7, None)]
-        weights, atts, scales, shifts = [], [], [], []
         with torch.no_grad():
-            for gc, bn in convs:
+            for i, (gc, bn) in enumerate(convs):
                 nodes, out = gc.att.shape[0], gc.weight.shape[1]
                 if bn is None:  # gc7: bias only
                     scale, shift = torch.ones(nodes, out, device=gc.bias.device), gc.bias.expand(nodes, out)
                 else:  # BN(att @ x @ W + bias) = (att @ x @ W) * scale + shift
                     scale = (bn.weight * torch.rsqrt(bn.running_var + bn.eps)).view(nodes, out)
                     shift = bn.bias.view(nodes, out) + (gc.bias - bn.running_mean.view(nodes, out)) * scale
-                weights.append(gc.weight.flatten())
-                atts.append(gc.att)
-                scales.append(scale.flatten())
-                shifts.append(shift.flatten())
-            self.register_buffer("weight", torch.cat(weights))  # [sum of Fin_i * Fout_i]
-            self.register_buffer("att", torch.stack(atts))  # [L, P, P]
-            self.register_buffer("scale", torch.cat(scales))  # [sum of P * Fout_i]
-            self.register_buffer("shift", torch.cat(shifts))
+                for name, t in (("weight", gc.weight), ("att", gc.att), ("scale", scale), ("shift", shift)):
+                    self.register_buffer(f"{name}{i}", t.detach().clone().contiguous())
+
+    def conv(self, i: int, x: torch.Tensor, dtype: torch.dtype, residual=None, last=False) -> torch.Tensor:
+        w, att, scale, shift = (getattr(self, f"{n}{i}") for n in ("weight", "att", "scale", "shift"))
+        return kernels.graph_conv(x, w.to(dtype), att.to(dtype), scale, shift, residual, tanh=not last,
+                                  out_dtype=torch.float32 if last else dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, nodes, in] -> [N, nodes, out] float32
         dtype = compute_dtype(x.device.type)
-        return kernels.gcn(x.to(dtype), self.weight.to(dtype), self.att.to(dtype), self.scale, self.shift, self.hidden,
-                           self.blocks, self.residual, out_dtype=torch.float32)
+        y = self.conv(0, x.to(dtype), dtype)  # gc1
+        for b in range(self.blocks):  # residual blocks of two convolutions
+            y = self.conv(2 + 2 * b, self.conv(1 + 2 * b, y, dtype), dtype, residual=y)
+        return self.conv(1 + 2 * self.blocks, y, dtype, residual=x if self.residual else None, last=True)  # gc7
 
 
 class FusedNoisePredictor(nn.Module):

@@ -1,4 +1,4 @@
-"""Hand-written GPU kernels (Triton) for the inference path, each with a PyTorch twin.
+"""Two hand-written GPU kernels (Triton) for the inference path, each with a PyTorch twin.
 
 The denoiser attends over only `n_pre` (20) tokens and its GCNs work on `[48 nodes x F]` tiles per
 row. General-purpose kernels serve these shapes badly: a flash-attention kernel pads 20 tokens to
@@ -6,15 +6,12 @@ row. General-purpose kernels serve these shapes badly: a flash-attention kernel 
 products plus an elementwise pass (three kernels per layer, two fifths of all kernels at one history).
 
     attention(qkv, heads)                        # [N, L, 3C] -> [N, L, C], softmax(q k^T / sqrt(d)) v
-    graph_conv(x, w, att, scale, shift, ...)     # [N, P, Fin] -> [N, P, Fout], one GCN layer
-    gcn(x, weight, att, scale, shift, ...)       # [N, P, Fin] -> [N, P, Fout], a whole GCN
+    graph_conv(x, w, att, scale, shift, ...)     # [N, P, Fin] -> [N, P, Fout]
 
 `graph_conv` is one GCN layer in eval mode: `act((att @ (x @ w)) * scale + shift) (+ residual)`,
-with the layer's bias and BatchNorm folded into `scale` and `shift` ([P, Fout]). `gcn` chains the
-layers of a `nets.gcn.GCN`; for few rows it runs them all in one kernel, each program carrying its
-row through every layer (a single history's GCNs are 14 layers of a few microseconds each).
-The kernels run for bf16/fp16 CUDA tensors when Triton is installed (`available`); everything else
-takes the twin. Tests run the kernels in Triton's interpreter on the CPU (tests/test_fast.py).
+with the layer's bias and BatchNorm folded into `scale` and `shift` ([P, Fout]). The kernels run
+for bf16/fp16 CUDA tensors when Triton is installed (`available`); everything else takes the twin.
+Tests run the kernels in Triton's interpreter on the CPU (tests/test_fast.py).
 """
 from __future__ import annotations
 
@@ -51,52 +48,45 @@ def attention_reference(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, c3 // 3)
 
 
-def attention_tiles(rows: int) -> tuple[int, int]:
-    """(heads per program, warps) of `attention`, as measured best on an H100 (bench/kernel_tiles.py):
-    one head and 2 warps for many rows, else 4 warps."""
-    return 1, 2 if rows >= 4096 else 4
+def attention_warps(rows: int) -> int:
+    """Warps per program of `attention`: 2 for many rows, else 4 (measured best on an H100, bench/kernel_tiles.py)."""
+    return 2 if rows >= 4096 else 4
 
 
-def attention(qkv: torch.Tensor, heads: int, tiles: tuple[int, int] | None = None) -> torch.Tensor:
-    """Self-attention of few tokens: each program holds all of q, k, v and the scores of one row's
-    head (or of several heads in turn).
+def attention(qkv: torch.Tensor, heads: int, warps: int | None = None) -> torch.Tensor:
+    """Self-attention of few tokens: one program per (row, head) holds all of q, k, v and the scores.
 
-    `tiles` = (heads per program, warps) overrides `attention_tiles` (bench/kernel_tiles.py sweeps it)."""
+    `warps` overrides `attention_warps` (bench/kernel_tiles.py sweeps it)."""
     n, length, c3 = qkv.shape
     c = c3 // 3
     d = c // heads
     if not available(qkv) or d != _pow2(d) or length > 128:
         return attention_reference(qkv, heads)
-    per_program, warps = tiles or attention_tiles(n)
-    if heads % per_program:
-        raise ValueError(f"attention: {per_program} heads per program do not divide {heads} heads")
     qkv = qkv.contiguous()
     out = torch.empty(n, length, c, device=qkv.device, dtype=qkv.dtype)
-    _attention_kernel[(n, heads // per_program)](qkv, out, length, c, 1.0 / math.sqrt(d), D=d, LP=_pow2(length),
-                                                 HEADS=per_program, num_warps=warps)
+    warps = warps or attention_warps(n)
+    _attention_kernel[(n, heads)](qkv, out, length, c, 1.0 / math.sqrt(d), D=d, LP=_pow2(length), num_warps=warps)
     return out
 
 
 if triton is not None:
     @triton.jit
-    def _attention_kernel(qkv, out, L, C, scale, D: tl.constexpr, LP: tl.constexpr, HEADS: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2^31 elements
+    def _attention_kernel(qkv, out, L, C, scale, D: tl.constexpr, LP: tl.constexpr):
+        row, head = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit offsets: large batches pass 2^31 elements
         tok = tl.arange(0, LP)
         dim = tl.arange(0, D)
         real = tok[:, None] < L
-        for i in tl.static_range(HEADS):
-            head = tl.program_id(1) * HEADS + i
-            src = qkv + row * L * 3 * C + head * D + tok[:, None] * 3 * C + dim[None, :]
-            q = tl.load(src, mask=real, other=0.0)  # [LP, D]
-            k = tl.load(src + C, mask=real, other=0.0)
-            v = tl.load(src + 2 * C, mask=real, other=0.0)
-            s = tl.dot(q, tl.trans(k)) * scale  # [LP, LP] float32
-            s = tl.where(tok[None, :] < L, s, float("-inf"))
-            p = tl.exp(s - tl.max(s, axis=1)[:, None])
-            p = p / tl.sum(p, axis=1)[:, None]
-            o = tl.dot(p.to(v.dtype), v)  # [LP, D]
-            dst = out + row * L * C + head * D + tok[:, None] * C + dim[None, :]
-            tl.store(dst, o.to(out.dtype.element_ty), mask=real)
+        src = qkv + row * L * 3 * C + head * D + tok[:, None] * 3 * C + dim[None, :]
+        q = tl.load(src, mask=real, other=0.0)  # [LP, D]
+        k = tl.load(src + C, mask=real, other=0.0)
+        v = tl.load(src + 2 * C, mask=real, other=0.0)
+        s = tl.dot(q, tl.trans(k)) * scale  # [LP, LP] float32
+        s = tl.where(tok[None, :] < L, s, float("-inf"))
+        p = tl.exp(s - tl.max(s, axis=1)[:, None])
+        p = p / tl.sum(p, axis=1)[:, None]
+        o = tl.dot(p.to(v.dtype), v)  # [LP, D]
+        dst = out + row * L * C + head * D + tok[:, None] * C + dim[None, :]
+        tl.store(dst, o.to(out.dtype.element_ty), mask=real)
 
 
 # ------------------------------------------------------------------------------------------------ graph convolution
@@ -146,85 +136,24 @@ def graph_conv(x, w, att, scale, shift, residual=None, tanh=True, out_dtype=None
     return out
 
 
-# ------------------------------------------------------------------------------------------------ a whole GCN
-
-def gcn_sizes(fin: int, hidden: int, fout: int, blocks: int) -> list[tuple[int, int]]:
-    """`(Fin, Fout)` of each layer of a `nets.gcn.GCN`: gc1, two per residual block, gc7."""
-    return [(fin, hidden)] + [(hidden, hidden)] * (2 * blocks) + [(hidden, fout)]
-
-
-def _gcn_fout(weight: torch.Tensor, fin: int, hidden: int, blocks: int) -> int:
-    return (weight.numel() - fin * hidden - 2 * blocks * hidden * hidden) // hidden  # what gc7's weights leave
-
-
-def gcn_layers(x, weight, att, scale, shift, hidden, blocks, residual=True, out_dtype=None):
-    """`gcn` as one `graph_conv` per layer (the way for many rows)."""
-    n, p, fin = x.shape
-    sizes = gcn_sizes(fin, hidden, _gcn_fout(weight, fin, hidden, blocks), blocks)
-    w_at = s_at = 0
-    params = []
-    for i, (a, b) in enumerate(sizes):  # each layer's views into the flat buffers
-        params.append((weight[w_at:w_at + a * b].view(a, b), att[i], scale[s_at:s_at + p * b].view(p, b),
-                       shift[s_at:s_at + p * b].view(p, b)))
-        w_at, s_at = w_at + a * b, s_at + p * b
-    y = graph_conv(x, *params[0])  # gc1
-    for b in range(blocks):
-        y = graph_conv(graph_conv(y, *params[1 + 2 * b]), *params[2 + 2 * b], residual=y)
-    return graph_conv(y, *params[-1], residual=x if residual else None, tanh=False, out_dtype=out_dtype)  # gc7
-
-
-def gcn_tiles(rows: int) -> tuple[int, int, int, int] | None:
-    """(feature tile, warps, stages, programs per row) of `gcn`'s one-kernel way, or None for one kernel
-    per layer; as measured best on an H100 (bench/kernel_tiles.py). A single row splits its last
-    layer (the noise predictor's 1,000 outputs) over several programs, each computing the hidden
-    layers for itself."""
-    if rows > 256:
-        return None
-    return 64, 4, 3, 4 if rows < 16 else 1
-
-
-def gcn(x, weight, att, scale, shift, hidden, blocks, residual=True, out_dtype=None, tiles=None):
-    """A whole eval-mode `nets.gcn.GCN`: gc1, `blocks` residual blocks of two layers, gc7 (+ `x` when
-    `residual`); every layer but gc7 ends in tanh. `[N, P, Fin]` -> `[N, P, Fout]`.
-
-    Layer i (sizes from `gcn_sizes`) is `graph_conv` with `w` = the next `Fin_i * Fout_i` entries of
-    the flat `weight`, `att[i]` (`att` is `[L, P, P]`), and `scale`/`shift` = the next `P * Fout_i`
-    entries of the flat float32 `scale`/`shift`. Hidden layers are rounded to `x`'s dtype, gc7 to
-    `out_dtype`, as by `gcn_layers`. For few rows (`gcn_tiles`) all layers run in one kernel: each
-    program takes a row through every layer, keeping it in a scratch buffer of its own between
-    layers. `tiles` overrides `gcn_tiles` (bench/kernel_tiles.py sweeps it)."""
-    n, p, fin = x.shape
-    fout = _gcn_fout(weight, fin, hidden, blocks)
-    tiles = tiles if tiles is not None else gcn_tiles(n)
-    if tiles is None or not available(x) or p > 128:
-        return gcn_layers(x, weight, att, scale, shift, hidden, blocks, residual, out_dtype)
-    bf, warps, stages, split = tiles
-    out = torch.empty(n, p, fout, device=x.device, dtype=out_dtype or x.dtype)
-    scratch = torch.empty(n * split * 2 * p * hidden, device=x.device, dtype=x.dtype)
-    _gcn_kernel[(n, split)](x, weight.contiguous(), att.contiguous(), scale.contiguous(), shift.contiguous(), scratch,
-                            out, p, fin, hidden, fout, blocks, *x.stride(), PP=_pow2(p), BK=64, BF=bf,
-                            RESIDUAL=residual, SPLIT=split, num_warps=warps, num_stages=stages)
-    return out
-
-
 if triton is not None:
     @triton.jit
-    def _conv_tile(src, ssp, ssf, FIN, w, FOUT, att, scale, shift, res, srp, srf, dst, sdp, sdf, P, f0,
-                   PP: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, PRODUCT_FIRST: tl.constexpr,
-                   TANH: tl.constexpr, RESIDUAL: tl.constexpr):
-        """Features `[f0, f0 + BF)` of one row of a GCN layer. `src`, `res`, `dst` point at the row's
-        `[P, F]` (strides given); `w` `[FIN, FOUT]`, `att` `[P, P]`, `scale`/`shift` `[P, FOUT]`."""
+    def _graph_conv_kernel(x, w, att, scale, shift, res, out, P, FIN, FOUT,
+                           sxn, sxp, sxf, srn, srp, srf,
+                           PP: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, PRODUCT_FIRST: tl.constexpr,
+                           TANH: tl.constexpr, RESIDUAL: tl.constexpr):
+        row, tile = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit offsets, as in attention
         node = tl.arange(0, PP)
-        feat = f0 + tl.arange(0, BF)
+        feat = tile * BF + tl.arange(0, BF)
         keep = (node[:, None] < P) & (feat[None, :] < FOUT)
         a = tl.load(att + node[:, None] * P + node[None, :], mask=(node[:, None] < P) & (node[None, :] < P), other=0.0)
-        if PRODUCT_FIRST:  # src holds x @ w already
-            xw = tl.load(src + node[:, None] * ssp + feat[None, :] * ssf, mask=keep, other=0.0)
+        if PRODUCT_FIRST:  # x holds x @ w already
+            xw = tl.load(x + row * sxn + node[:, None] * sxp + feat[None, :] * sxf, mask=keep, other=0.0)
         else:
             acc = tl.zeros((PP, BF), dtype=tl.float32)
-            for k0 in range(0, FIN, BK):  # x @ w[:, tile]
+            for k0 in range(0, FIN, BK):  # x[row] @ w[:, tile]
                 kk = k0 + tl.arange(0, BK)
-                xs = tl.load(src + node[:, None] * ssp + kk[None, :] * ssf,
+                xs = tl.load(x + row * sxn + node[:, None] * sxp + kk[None, :] * sxf,
                              mask=(node[:, None] < P) & (kk[None, :] < FIN), other=0.0)
                 ws = tl.load(w + kk[:, None] * FOUT + feat[None, :],
                              mask=(kk[:, None] < FIN) & (feat[None, :] < FOUT), other=0.0)
@@ -236,41 +165,5 @@ if triton is not None:
         if TANH:
             y = 2.0 / (1.0 + tl.exp(-2.0 * y)) - 1.0
         if RESIDUAL:
-            y += tl.load(res + node[:, None] * srp + feat[None, :] * srf, mask=keep, other=0.0).to(tl.float32)
-        tl.store(dst + node[:, None] * sdp + feat[None, :] * sdf, y.to(dst.dtype.element_ty), mask=keep)
-
-    @triton.jit
-    def _graph_conv_kernel(x, w, att, scale, shift, res, out, P, FIN, FOUT, sxn, sxp, sxf, srn, srp, srf,
-                           PP: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, PRODUCT_FIRST: tl.constexpr,
-                           TANH: tl.constexpr, RESIDUAL: tl.constexpr):
-        row, tile = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit offsets, as in attention
-        _conv_tile(x + row * sxn, sxp, sxf, FIN, w, FOUT, att, scale, shift, res + row * srn, srp, srf,
-                   out + row * P * FOUT, FOUT, 1, P, tile * BF, PP, BK, BF, PRODUCT_FIRST, TANH, RESIDUAL)
-
-    @triton.jit
-    def _gcn_kernel(x, w, att, scale, shift, scratch, out, P, FIN, H, FOUT, BLOCKS, sxn, sxp, sxf,
-                    PP: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, RESIDUAL: tl.constexpr, SPLIT: tl.constexpr):
-        row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)
-        xr = x + row * sxn
-        first = scratch + (row * SPLIT + part) * 2 * P * H  # this program's two [P, H] buffers:
-        second = first + P * H  # the residual stream, and the middle of a block
-        for f0 in range(0, H, BF):  # gc1: x -> first
-            _conv_tile(xr, sxp, sxf, FIN, w, H, att, scale, shift, xr, sxp, sxf, first, H, 1, P, f0,
-                       PP, BK, BF, False, True, False)
-        tl.debug_barrier()  # a layer reads all of its input: every thread's writes first
-        for b in range(BLOCKS):
-            i = 1 + 2 * b
-            wi = w + FIN * H + 2 * b * H * H
-            for f0 in range(0, H, BF):  # first -> second
-                _conv_tile(first, H, 1, H, wi, H, att + i * P * P, scale + i * P * H, shift + i * P * H,
-                           first, H, 1, second, H, 1, P, f0, PP, BK, BF, False, True, False)
-            tl.debug_barrier()
-            for f0 in range(0, H, BF):  # second -> first, + first (each element read, then written, in place)
-                _conv_tile(second, H, 1, H, wi + H * H, H, att + (i + 1) * P * P, scale + (i + 1) * P * H,
-                           shift + (i + 1) * P * H, first, H, 1, first, H, 1, P, f0, PP, BK, BF, False, True, True)
-            tl.debug_barrier()
-        i = 1 + 2 * BLOCKS
-        for f0 in range(part * BF, FOUT, SPLIT * BF):  # gc7: first -> out (this program's share of the tiles)
-            _conv_tile(first, H, 1, H, w + FIN * H + 2 * BLOCKS * H * H, FOUT, att + i * P * P, scale + i * P * H,
-                       shift + i * P * H, xr, sxp, sxf, out + row * P * FOUT, FOUT, 1, P, f0,
-                       PP, BK, BF, False, False, RESIDUAL)
+            y += tl.load(res + row * srn + node[:, None] * srp + feat[None, :] * srf, mask=keep, other=0.0).to(tl.float32)
+        tl.store(out + row * P * FOUT + at, y.to(out.dtype.element_ty), mask=keep)

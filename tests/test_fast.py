@@ -55,7 +55,7 @@ def test_fused_gcn_folds_bias_and_batchnorm():
     gcn.eval()
     x = torch.randn(4, 5, 7, generator=gen)
     torch.testing.assert_close(FusedGCN(gcn)(x), gcn(x), rtol=1e-5, atol=1e-5)
-    assert FusedGCN(gcn).att.shape == (2 + 2 * 2, 5, 5)  # gc1, 2 per block, gc7
+    assert sum(name.startswith("weight") for name, _ in FusedGCN(gcn).named_buffers()) == 2 + 2 * 2  # gc1, 2 per block, gc7
 
 
 def test_graphed_sampler_without_compile_runs_the_sampler():
@@ -105,12 +105,10 @@ KERNEL_CHECK = textwrap.dedent("""
     assert kernels.INTERPRET and kernels.triton is not None
     gen = torch.Generator().manual_seed(0)
     half = torch.float16  # the interpreter computes in numpy, which has no bfloat16
-    qkv = torch.randn(3, 20, 3 * 4 * 16, generator=gen).to(half)
-    want = kernels.attention_reference(qkv.float(), 4)
-    for tiles in (None, (2, 4), (4, 2)):  # heads per program, warps
-        got = kernels.attention(qkv, 4, tiles=tiles)
-        assert got.dtype == half and got.shape == (3, 20, 64)
-        torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-3)
+    qkv = torch.randn(3, 20, 3 * 2 * 16, generator=gen).to(half)
+    got, want = kernels.attention(qkv, 2), kernels.attention_reference(qkv.float(), 2)
+    assert got.dtype == half and got.shape == (3, 20, 32)
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-3)
     x = torch.randn(2, 40, 5, generator=gen).to(half).transpose(1, 2)  # [N, P=5, Fin=40], not contiguous
     w = (torch.randn(40, 70, generator=gen) / 6).to(half)
     att = (torch.randn(5, 5, generator=gen) / 2).to(half)
@@ -124,30 +122,14 @@ KERNEL_CHECK = textwrap.dedent("""
             assert got.dtype == extra.get("out_dtype", half) and got.shape == (2, 5, 70)
             torch.testing.assert_close(got.float(), want, rtol=0, atol=2e-2)
 
-    from spard.fast import FusedGCN  # whole GCNs: one kernel (several settings) or one per layer, fp16 autocast
-    from spard.nets.gcn import GCN, NodeBatchNorm
-    for residual, fin, fout in ((True, 7, 7), (False, 5, 40)):
-        gcn = GCN(fin, 24, fout, nodes=5, layers=2, dropout=0.5, residual=residual)
-        with torch.no_grad():
-            for p in gcn.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-            for m in gcn.modules():
-                if isinstance(m, NodeBatchNorm):
-                    m.running_mean.normal_(generator=gen)
-                    m.running_var.uniform_(0.5, 2.0, generator=gen)
-        gcn.eval()
-        x = torch.randn(3, fin, 5, generator=gen).transpose(1, 2)  # [N, P, Fin], not contiguous, as the refiner's
-        want = gcn(x)
-        with torch.autocast("cpu", dtype=half):
-            got = FusedGCN(gcn)(x)
-        assert got.dtype == torch.float32
-        torch.testing.assert_close(got, want, rtol=0, atol=3e-2 * want.abs().max().item())
-        f = FusedGCN(gcn)
-        args = (x.to(half), f.weight.to(half), f.att.to(half), f.scale, f.shift, 24, 2, residual)
-        layers = kernels.gcn_layers(*args, out_dtype=torch.float32)
-        for tiles in ((64, 4, 3, 1), (16, 4, 3, 2), (32, 4, 3, 3)):  # split: programs per row share gc7's tiles
-            got = kernels.gcn(*args, out_dtype=torch.float32, tiles=tiles)
-            torch.testing.assert_close(got, layers, rtol=0, atol=5e-3 * layers.abs().max().item())  # half ulps
+    from spard.fast import FusedGCN  # the kernels wired into a whole GCN, under fp16 autocast
+    from spard.nets.gcn import GCN
+    gcn = GCN(7, 16, 7, nodes=5, layers=2, dropout=0.5, residual=True).eval()
+    x = torch.randn(3, 5, 7, generator=gen)
+    with torch.autocast("cpu", dtype=half):
+        got = FusedGCN(gcn)(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, gcn(x), rtol=0, atol=2e-2)
     print("kernels ok")
 """)
 
@@ -178,16 +160,6 @@ def test_triton_kernels_on_the_gpu(dtype):
     for tiles in (None, (128, 4, 3, True)):
         got = kernels.graph_conv(x, w, att, scale, shift, tiles=tiles)
         torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2)
-    sizes = kernels.gcn_sizes(125, 256, 125, 6)  # the refiner of the published size, in one kernel and per layer
-    weight = torch.cat([(torch.randn(a, b, device="cuda", generator=gen) / a**0.5).flatten() for a, b in sizes]).to(dtype)
-    att = (torch.randn(len(sizes), 48, 48, device="cuda", generator=gen) / 7).to(dtype)
-    scale = torch.cat([torch.rand(48 * b, device="cuda", generator=gen) + 0.5 for _, b in sizes])
-    shift = torch.cat([torch.randn(48 * b, device="cuda", generator=gen) for _, b in sizes])
-    x = torch.randn(50, 125, 48, device="cuda", generator=gen).to(dtype).transpose(1, 2)
-    args = (x, weight, att, scale, shift, 256, 6, True)
-    want = kernels.gcn_layers(*args, out_dtype=torch.float32)
-    for tiles in ((64, 4, 3, 1), (128, 8, 3, 2)):
-        torch.testing.assert_close(kernels.gcn(*args, out_dtype=torch.float32, tiles=tiles), want, rtol=0, atol=1e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
