@@ -8,12 +8,23 @@ batch 64, the published pipeline's way), float32 without TF32, plain Adam. Ours:
 on the GPU, windows cut there, TF32, fused Adam; `bf16` adds autocast, `-compile` torch.compile,
 `-graphs` torch.compile with CUDA graphs (mode reduce-overhead). `total_s` includes compilation.
 All variants run the same Trainer step with the published sizes (h = 10, batch 64).
+
+`--profile_steps N` then profiles N more steps of each run (rank 0's profile is kept): wall time per step, GPU
+kernel time (NCCL's apart) and the host's largest operations, to tell a GPU-bound step from one
+that waits on the host. `--ddp_options` passes keyword arguments to DistributedDataParallel:
+
+    torchrun --nproc_per_node 2 bench/training.py --device cuda --data_dir ... --stages distill \
+        --variants ours-bf16-graphs --batch_size 128 --profile_steps 5 --ddp_options '{"bucket_cap_mb": 200}'
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import tempfile
 import time
+from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -58,6 +69,33 @@ def measure(trainer: Trainer, steps: int, warmup: int, reference: ReferenceWindo
     return windows, time.perf_counter() - start
 
 
+def profile_steps(trainer: Trainer, steps: int) -> dict:
+    """Where `steps` training steps of this rank spend their time (milliseconds per step). Kernel
+    times are summed, so GPU-bound steps show `kernel_ms` close to `step_ms`; host operations are
+    inclusive (a caller's time holds its callees')."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = trainer.device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        _, seconds = measure(trainer, steps, 0, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    kernels = [e for e in events if e.get("cat") == "kernel"]
+    host = defaultdict(float)
+    for e in events:
+        if e.get("cat") in ("cpu_op", "user_annotation"):  # operators, and named ranges (compiled graphs, DDP's reducer)
+            host[e["name"]] += e.get("dur", 0.0)
+    per_step = lambda us: round(us / 1e3 / steps, 3)
+    top = sorted(host.items(), key=lambda kv: -kv[1])[:8]
+    return {"steps": steps, "step_ms": round(1e3 * seconds / steps, 3),
+            "kernel_ms": per_step(sum(e["dur"] for e in kernels)) if cuda else None,
+            "nccl_kernel_ms": per_step(sum(e["dur"] for e in kernels if "nccl" in e["name"].lower())) if cuda else None,
+            "kernels": len(kernels) // steps if cuda else None,
+            "host_ops_ms": {name[:80]: per_step(us) for name, us in top}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
@@ -68,6 +106,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--small", action="store_true", help="a tiny model (to check the script on a CPU)")
     p.add_argument("--batch_size", type=int, default=64, help="global batch (split over the ranks)")
+    p.add_argument("--profile_steps", type=int, default=0, help="then profile this many steps of each run")
+    p.add_argument("--ddp_options", default="{}", help="JSON: keyword arguments of DistributedDataParallel")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     device = dist.setup(args.device)
@@ -92,7 +132,7 @@ def main() -> None:
             torch.manual_seed(0)
             model = SPARD(run_cfg)
             trainer = Trainer(run_cfg, stage, model, dataset, run_dir=None, out_dir=None, device=device, logger=log,
-                              progress=False, fused_adam=variant != "reference")
+                              progress=False, fused_adam=variant != "reference", ddp_options=json.loads(args.ddp_options))
             ref = ReferenceWindows(dataset.train, cfg.data.t_total, cfg.data.stride, cfg.data.aug, cfg.data.rota_prob,
                                    seed=0) if variant == "reference" else None
             started = time.perf_counter()
@@ -100,6 +140,10 @@ def main() -> None:
             row = {"stage": stage, "variant": variant, "gpus": world, "global_batch": args.batch_size,
                    "windows": windows, "windows_per_s": round(windows / seconds),
                    "total_s": round(time.perf_counter() - started, 1)}
+            if world > 1:
+                row["ddp_options"] = json.loads(args.ddp_options)
+            if args.profile_steps and ref is None:
+                row["profile"] = profile_steps(trainer, args.profile_steps)
             rows.append(row)
             if dist.is_main():
                 print(row, flush=True)

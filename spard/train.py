@@ -118,8 +118,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, stage: str, model: SPARD, dataset: Dataset, run_dir: Path | None,
                  out_dir: Path | None, device: torch.device, logger, resume_from: Path | None = None,
-                 select: str = "best", progress: bool = True, fused_adam: bool = True):
-        """`run_dir` None: nothing is written (benchmarks)."""
+                 select: str = "best", progress: bool = True, fused_adam: bool = True, ddp_options: dict | None = None):
+        """`run_dir` None: nothing is written (benchmarks). `ddp_options`: extra keyword arguments of
+        DistributedDataParallel under torchrun (e.g. `bucket_cap_mb`, `gradient_as_bucket_view`)."""
         device = torch.device(device)
         self.cfg, self.stage, self.model, self.dataset = cfg, STAGES[stage], model.to(device), dataset
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -147,7 +148,8 @@ class Trainer:
                 if isinstance(m, NodeBatchNorm):
                     m.sync = True
             ids = [device.index] if device.type == "cuda" else None
-            self.step_loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=ids, broadcast_buffers=False)
+            self.step_loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=ids, broadcast_buffers=False,
+                                                                 **(ddp_options or {}))
         if tc.compile != "none":
             self.step_loss = torch.compile(self.step_loss, mode=tc.compile)
         self.start_epoch, self.best = tc.start_epoch, math.inf
