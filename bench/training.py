@@ -9,9 +9,10 @@ on the GPU, windows cut there, TF32, fused Adam; `bf16` adds autocast, `-compile
 `-graphs` torch.compile with CUDA graphs (mode reduce-overhead). `total_s` includes compilation.
 All variants run the same Trainer step with the published sizes (h = 10, batch 64).
 
-`--profile_steps N` then profiles N more steps of each run (rank 0's profile is kept): wall time per step, GPU
-kernel time (NCCL's apart) and the host's largest operations, to tell a GPU-bound step from one
-that waits on the host. `--ddp_options` passes keyword arguments to DistributedDataParallel:
+`--profile_steps N` then profiles N more steps of each run (rank 0's profile is kept): wall time
+per step, GPU kernel time (NCCL's apart) and the host's largest operations, to tell a GPU-bound
+step from one that waits on the host. `--ddp_options` passes keyword arguments to
+DistributedDataParallel:
 
     torchrun --nproc_per_node 2 bench/training.py --device cuda --data_dir ... --stages distill \
         --variants ours-bf16-graphs --batch_size 128 --profile_steps 5 --ddp_options '{"bucket_cap_mb": 200}'
