@@ -111,6 +111,10 @@ def main() -> None:
     p.add_argument("--ddp_options", default="{}", help="JSON: keyword arguments of DistributedDataParallel")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    try:
+        ddp_options = json.loads(args.ddp_options)
+    except ValueError as e:
+        p.error(f"--ddp_options is not JSON ({e}); pass e.g. '{{\"bucket_cap_mb\": 200}}'")
     device = dist.setup(args.device)
     cfg = preset("h36m")
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=args.data_dir),
@@ -133,7 +137,7 @@ def main() -> None:
             torch.manual_seed(0)
             model = SPARD(run_cfg)
             trainer = Trainer(run_cfg, stage, model, dataset, run_dir=None, out_dir=None, device=device, logger=log,
-                              progress=False, fused_adam=variant != "reference", ddp_options=json.loads(args.ddp_options))
+                              progress=False, fused_adam=variant != "reference", ddp_options=ddp_options)
             ref = ReferenceWindows(dataset.train, cfg.data.t_total, cfg.data.stride, cfg.data.aug, cfg.data.rota_prob,
                                    seed=0) if variant == "reference" else None
             started = time.perf_counter()
@@ -142,7 +146,7 @@ def main() -> None:
                    "windows": windows, "windows_per_s": round(windows / seconds),
                    "total_s": round(time.perf_counter() - started, 1)}
             if world > 1:
-                row["ddp_options"] = json.loads(args.ddp_options)
+                row["ddp_options"] = ddp_options
             if args.profile_steps and ref is None:
                 row["profile"] = profile_steps(trainer, args.profile_steps)
             rows.append(row)
