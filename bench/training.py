@@ -6,7 +6,9 @@
 `reference`: windows built one at a time on the CPU (numpy + scipy rotation, a DataLoader with
 batch 64, the published pipeline's way), float32 without TF32, plain Adam. Ours: the whole dataset
 on the GPU, windows cut there, TF32, fused Adam; `bf16` adds autocast, `-compile` torch.compile,
-`-graphs` torch.compile with CUDA graphs (mode reduce-overhead). `total_s` includes compilation.
+`-graphs` torch.compile with CUDA graphs (mode reduce-overhead), `-stepgraph` torch.compile with the
+whole step (all-reduce and Adam included) as one CUDA graph (`--compile step-graph`; its first
+11 steps run eagerly, so warm-up is at least 13 steps). `total_s` includes compilation.
 All variants run the same Trainer step with the published sizes (h = 10, batch 64).
 
 `--profile_steps N` then profiles N more steps of each run (rank 0's profile is kept): wall time
@@ -36,6 +38,7 @@ from spard.data import ReferenceWindows, load_dataset
 from spard.data.windows import Batch
 from spard.model import SPARD
 from spard.runs import make_logger
+from spard.step_graph import WARMUP as STEP_GRAPH_WARMUP
 from spard.train import Trainer
 
 # full Human3.6M: 150 training sequences of about 2,800 frames (50 Hz); stride 10
@@ -131,7 +134,8 @@ def main() -> None:
     for stage in args.stages.split(","):
         for variant in variants:
             amp = "bf16" if "bf16" in variant else "none"
-            mode = "reduce-overhead" if variant.endswith("-graphs") else "default" if variant.endswith("-compile") else "none"
+            mode = {"graphs": "reduce-overhead", "compile": "default", "stepgraph": "step-graph"}.get(
+                variant.rsplit("-", 1)[-1], "none")
             tc = dataclasses.replace(cfg.train, amp=amp, tf32=variant != "reference", compile=mode)
             run_cfg = dataclasses.replace(cfg, train=tc)
             torch.manual_seed(0)
@@ -141,7 +145,8 @@ def main() -> None:
             ref = ReferenceWindows(dataset.train, cfg.data.t_total, cfg.data.stride, cfg.data.aug, cfg.data.rota_prob,
                                    seed=0) if variant == "reference" else None
             started = time.perf_counter()
-            windows, seconds = measure(trainer, args.steps, args.warmup, ref)
+            warmup = max(args.warmup, STEP_GRAPH_WARMUP + 2) if mode == "step-graph" else args.warmup
+            windows, seconds = measure(trainer, args.steps, warmup, ref)
             row = {"stage": stage, "variant": variant, "gpus": world, "global_batch": args.batch_size,
                    "windows": windows, "windows_per_s": round(windows / seconds),
                    "total_s": round(time.perf_counter() - started, 1)}

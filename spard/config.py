@@ -111,7 +111,9 @@ class TrainConfig:
     checkpoint_every: int = 1  # resumable checkpoint every k epochs
     amp: str = "none"  # "none" or "bf16" autocast
     tf32: bool = True  # TF32 matrix products on GPUs (float32 storage, faster products)
-    compile: str = "none"  # torch.compile the training step: "none", "default" or "reduce-overhead" (CUDA graphs)
+    # torch.compile the training step: "none", "default", "reduce-overhead" (forward and backward as CUDA
+    # graphs) or "step-graph" (compiled; the whole step, all-reduce and Adam included, as one CUDA graph)
+    compile: str = "none"
     num_workers: int = 0
 
 

@@ -42,6 +42,9 @@ def setup(device: str) -> torch.device:
 
 def teardown() -> None:
     if is_initialized():
+        from .step_graph import release_all
+
+        release_all()  # CUDA graphs holding NCCL collectives first, or destroying the group hangs
         tdist.destroy_process_group()
 
 

@@ -13,6 +13,7 @@ so N processes train exactly like one process with the same global batch.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -36,6 +37,7 @@ from .model import SPARD, to_model_space
 from .nets.gcn import NodeBatchNorm
 from .runs import result_path
 from .samplers import STAGE_SAMPLER
+from .step_graph import StepGraph
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,12 @@ class Trainer:
         if stage == "distill":
             self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
         params = self.stage.trainable(model)
-        self.optimizer = torch.optim.Adam(params, lr=tc.lr, fused=fused_adam and device.type == "cuda")
+        # --compile step-graph: the whole step as one CUDA graph, which reads the learning rate from a tensor
+        self.graphed = tc.compile == "step-graph"
+        if self.graphed and device.type != "cuda":
+            raise ValueError(f"--compile step-graph needs a CUDA device, not {device}; use --compile default")
+        self.optimizer = torch.optim.Adam(params, lr=self._lr(tc.lr), fused=fused_adam and device.type == "cuda",
+                                          capturable=self.graphed)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(tc.milestones), gamma=tc.gamma)
         self.windows = TrainWindows(dataset.train, cfg.data.t_total, cfg.data.stride, cfg.data.aug,
                                     cfg.data.rota_prob, device=device)
@@ -148,10 +155,13 @@ class Trainer:
                 if isinstance(m, NodeBatchNorm):
                     m.sync = True
             ids = [device.index] if device.type == "cuda" else None
-            self.step_loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=ids, broadcast_buffers=False,
-                                                                 **(ddp_options or {}))
+            # built on a side stream when its backward is to be captured (PyTorch's CUDA-graph notes)
+            with torch.cuda.stream(torch.cuda.Stream()) if self.graphed else contextlib.nullcontext():
+                self.step_loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=ids, broadcast_buffers=False,
+                                                                     **(ddp_options or {}))
         if tc.compile != "none":
-            self.step_loss = torch.compile(self.step_loss, mode=tc.compile)
+            self.step_loss = torch.compile(self.step_loss, mode="default" if self.graphed else tc.compile)
+        self.step_graph = StepGraph(self._step) if self.graphed else None
         self.start_epoch, self.best = tc.start_epoch, math.inf
         if resume_from is not None:
             self._resume(resume_from)
@@ -172,14 +182,27 @@ class Trainer:
 
     def train_step(self, poses: torch.Tensor, draws: dict, global_size: int) -> torch.Tensor:
         """One optimiser step on this rank's windows `[b, T, J+1, 3]` of a global batch; returns the loss."""
-        traj = to_model_space(poses)  # [b, T, D]
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp == "bf16"):
-            loss = self.step_loss(traj, **draws)
         # the slice's mean, weighted so that averaging over ranks gives the global batch mean
-        (loss * (len(traj) * dist.world_size() / global_size)).backward()
-        self.optimizer.step()
+        scale = len(poses) * dist.world_size() / global_size
+        if self.step_graph is not None:
+            return self.step_graph(poses, draws, scale, capture=global_size == self.cfg.train.batch_size)
+        return self._step(poses, draws, scale)
+
+    def _step(self, poses: torch.Tensor, draws: dict, scale: float) -> torch.Tensor:
+        """The step itself (what `--compile step-graph` captures): gradients start as None."""
         self.optimizer.zero_grad(set_to_none=True)
+        traj = to_model_space(poses)  # [b, T, D]
+        # autocast's weight cache would outlive a CUDA graph's capture: off when captured
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp == "bf16",
+                            cache_enabled=not self.graphed):
+            loss = self.step_loss(traj, **draws)
+        (loss * scale).backward()
+        self.optimizer.step()
         return loss.detach()
+
+    def _lr(self, lr) -> float | torch.Tensor:
+        """The learning rate as the optimizer holds it: a tensor for a captured step, else a float."""
+        return torch.tensor(float(lr), device=self.device) if self.graphed else float(lr)
 
     def train_epoch(self, epoch: int) -> float:
         tc, world = self.cfg.train, dist.world_size()
@@ -231,6 +254,8 @@ class Trainer:
             raise ValueError(f"--resume {path} is a '{state.get('stage')}' run, not '{self.stage.name}'")
         load_state(self.model, state["model"], str(path))
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # a checkpoint of either kind resumes with either
+            group["lr"] = self._lr(group["lr"])
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"], self.generator)
         self.start_epoch, self.best = state["epoch"] + 1, state["best_val_loss"]
@@ -251,7 +276,7 @@ class Trainer:
             start = time.time()
             train_loss = self.train_epoch(epoch)
             val_loss = self.validation_loss()
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = float(self.optimizer.param_groups[0]["lr"])
             self.log.info(f"====> Epoch: {epoch} Time: {time.time() - start:.2f} Train Loss: {train_loss} "
                           f"Val Loss: {val_loss} lr: {lr:.5f}")
             record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,

@@ -37,6 +37,15 @@ CANCELLED = re.compile(r"\.(gc1|gcbs\.\d+\.gc[12])\.bias$|\.running_mean$")
 NOISE = 2 * 4 * LR  # 2 runs x at most 4 steps x lr
 
 
+def assert_trained_alike(want: dict, got: dict, noise: float = NOISE) -> None:
+    """Parameters and BatchNorm buffers equal to lr/5; biases that a BatchNorm cancels to `noise`."""
+    assert want.keys() == got.keys()
+    for key, value in want.items():
+        atol = noise if CANCELLED.search(key) else LR / 5
+        rtol = 1e-5 if key.endswith("running_var") else 0  # variances of O(10): summation order shows there
+        torch.testing.assert_close(got[key], value, rtol=rtol, atol=atol, msg=lambda m: f"{key}: {m}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,17 +77,22 @@ def workdir(tmp_path_factory):
 def test_two_ranks_train_like_one_process(workdir, mode):
     run = f"{mode}/runs/001"  # the stage folders are named after the modes
     one, two = (torch.load(workdir / out / run / "last.pt", weights_only=True) for out in ("one", "two"))
-    assert one["model"].keys() == two["model"].keys()
-    for key, value in one["model"].items():  # parameters and BatchNorm buffers
-        atol = NOISE if CANCELLED.search(key) else LR / 5
-        rtol = 1e-5 if key.endswith("running_var") else 0  # variances of O(10): summation order shows there
-        torch.testing.assert_close(two["model"][key], value, rtol=rtol, atol=atol, msg=lambda m: f"{key}: {m}")
+    assert_trained_alike(one["model"], two["model"])
     assert torch.equal(one["rng"]["data"], two["rng"]["data"]), "the shared generator drew differently"
     history = [[json.loads(line) for line in (workdir / out / run / "history.jsonl").read_text().splitlines()]
                for out in ("one", "two")]
     for a, b in zip(*history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+
+
+def test_two_compiled_ranks_train_like_one_process(workdir):
+    """torch.compile on each rank (BatchNorm's sum over ranks stays out of the compiled graph) against
+    one eager process: stage 1, whose BatchNorm syncs across ranks."""
+    batch, flags = STAGES["train"]
+    spard(workdir, 2, "train", *COMMON, "--batch_size", batch, "--out_dir", "two_compiled", "--compile", "default", *flags)
+    one, two = (torch.load(workdir / out / "train/runs/001/last.pt", weights_only=True) for out in ("one", "two_compiled"))
+    assert_trained_alike(one["model"], two["model"])
 
 
 @pytest.mark.parametrize("mode,flags", [
@@ -90,3 +104,22 @@ def test_two_ranks_evaluate_like_one_process(workdir, mode, flags):
                                                         "--eval_batch_size", "16", *flags), flags=re.M)
                for ranks in (1, 2)]
     assert len(printed[0]) == 8 and printed[0] == printed[1]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (NCCL)")
+@pytest.mark.parametrize("mode", ["train", "distill"])
+def test_two_gpus_with_captured_steps_train_like_one_process(tmp_path, mode):
+    """Two NCCL ranks, each step (all-reduce included) replayed from one CUDA graph, against one eager
+    process: stride 50 gives 123 windows, 15 batches of 8 (11 eager, the capture, replays) and one of 3."""
+    gpu = [a for a in COMMON if a not in ("cpu", "150")]
+    gpu = [*gpu[:gpu.index("--device") + 1], "cuda", *gpu[gpu.index("--device") + 1:]]
+    gpu = [*gpu[:gpu.index("--stride") + 1], "50", *gpu[gpu.index("--stride") + 1:]]
+    flags = [*gpu, "--batch_size", "8", "--tf32", "false"]
+    start = []
+    if mode == "distill":  # from a trained stage 1 (the teacher)
+        spard(tmp_path, 1, "train", *flags, "--out_dir", "start")
+        start = ["--ckpt", "start/train/ckpt.pt"]
+    spard(tmp_path, 1, mode, *flags, *start, "--compile", "none", "--out_dir", "one")
+    spard(tmp_path, 2, mode, *flags, *start, "--compile", "step-graph", "--out_dir", "two")
+    one, two = (torch.load(tmp_path / out / mode / "runs/001/last.pt", weights_only=True) for out in ("one", "two"))
+    assert_trained_alike(one["model"], two["model"], noise=2 * 16 * LR)

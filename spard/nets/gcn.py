@@ -28,6 +28,30 @@ class GraphConv(nn.Module):
         return self.att @ (x @ self.weight) + self.bias
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """`x` summed over all ranks; the gradient of a sum every rank uses is the sum of their gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone(memory_format=torch.contiguous_format)
+        tdist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        tdist.all_reduce(grad)
+        return grad
+
+
+# Kept out of torch.compile: traced collectives inside an autograd function are what PyTorch's own
+# `torch.distributed.nn.functional.all_reduce` got wrong there (with NCCL, stage 1 on two GPUs moved
+# away from one process; newer PyTorch refuses to trace it). Eager, it runs and is captured as is.
+@torch.compiler.disable
+def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    return _SumOverRanks.apply(x)
+
+
 class NodeBatchNorm(nn.BatchNorm1d):
     """BatchNorm over every (node, feature) pair, as one `nodes * features` channel vector.
 
@@ -45,12 +69,11 @@ class NodeBatchNorm(nn.BatchNorm1d):
         return super().forward(flat).view_as(x)
 
     def _synced(self, flat: torch.Tensor) -> torch.Tensor:
-        from torch.distributed.nn.functional import all_reduce  # differentiable collective
-
-        total = all_reduce(torch.cat([flat.sum(0), flat.new_tensor([flat.shape[0]])]))  # sums over ranks
+        # the count made on the device (`new_full`), not copied from the host: a captured CUDA graph replays copies
+        total = sum_over_ranks(torch.cat([flat.sum(0), flat.new_full((1,), flat.shape[0])]))
         n = total[-1]
         mean = total[:-1] / n
-        var = all_reduce((flat - mean).square().sum(0)) / n  # biased, for normalising; two passes, no cancellation
+        var = sum_over_ranks((flat - mean).square().sum(0)) / n  # biased, for normalising; two passes, no cancellation
         with torch.no_grad():
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(m * mean)
