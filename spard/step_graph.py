@@ -36,6 +36,8 @@ def _shapes(poses: torch.Tensor, draws: dict, scale: float) -> tuple:
 
 
 class StepGraph:
+    """A training step, run eagerly for `warmup` calls, then replayed from one captured CUDA graph."""
+
     def __init__(self, body: Callable[[torch.Tensor, dict, float], torch.Tensor], warmup: int = WARMUP):
         self.body, self.warmup, self.calls = body, warmup, 0
         self.graph: torch.cuda.CUDAGraph | None = None
