@@ -12,9 +12,11 @@ instead of run by the host every step (docs/performance.md, "Why stage 2 scales 
 The first `warmup` calls run `body` eagerly on a side stream (11 for DistributedDataParallel, as
 PyTorch's CUDA-graph notes ask); the next call marked `capture` (a full batch) is captured, then
 every call of its shapes replays the graph with its inputs copied into static buffers. Calls of
-other shapes (an epoch's last, smaller batch) run eagerly. What `body` needs for capture: no host syncs; gradients set to None before the backward
-(PyTorch allocates them in the graph's memory); an optimizer built with `capturable=True` and a
-tensor learning rate (the scheduler then updates it in place); autocast without its weight cache.
+other shapes (an epoch's last, smaller batch) run eagerly.
+
+What `body` needs for capture: no host syncs; gradients set to None before the backward (PyTorch
+then allocates them in the graph's memory); an optimizer built with `capturable=True` and a tensor
+learning rate (the scheduler updates it in place); autocast without its weight cache.
 
 A graph that captured NCCL collectives must be released before the process group is destroyed, or
 NCCL's teardown hangs: `spard.distributed.teardown` calls `release_all()` first.

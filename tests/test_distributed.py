@@ -111,10 +111,7 @@ def test_two_ranks_evaluate_like_one_process(workdir, mode, flags):
 def test_two_gpus_with_captured_steps_train_like_one_process(tmp_path, mode):
     """Two NCCL ranks, each step (all-reduce included) replayed from one CUDA graph, against one eager
     process: stride 50 gives 123 windows, 15 batches of 8 (11 eager, the capture, replays) and one of 3."""
-    gpu = [a for a in COMMON if a not in ("cpu", "150")]
-    gpu = [*gpu[:gpu.index("--device") + 1], "cuda", *gpu[gpu.index("--device") + 1:]]
-    gpu = [*gpu[:gpu.index("--stride") + 1], "50", *gpu[gpu.index("--stride") + 1:]]
-    flags = [*gpu, "--batch_size", "8", "--tf32", "false"]
+    flags = [{"cpu": "cuda", "150": "50"}.get(a, a) for a in COMMON] + ["--batch_size", "8", "--tf32", "false"]
     start = []
     if mode == "distill":  # from a trained stage 1 (the teacher)
         spard(tmp_path, 1, "train", *flags, "--out_dir", "start")
