@@ -44,9 +44,9 @@ class _SumOverRanks(torch.autograd.Function):
         return grad
 
 
-# Kept out of torch.compile: traced collectives inside an autograd function are what PyTorch's own
-# `torch.distributed.nn.functional.all_reduce` got wrong there (with NCCL, stage 1 on two GPUs moved
-# away from one process; newer PyTorch refuses to trace it). Eager, it runs and is captured as is.
+# Kept out of torch.compile. With PyTorch's `torch.distributed.nn.functional.all_reduce` here, compiled
+# stage 1 on two NCCL GPUs moved away from one process, most likely from tracing that collective (newer
+# PyTorch refuses to); docs/performance.md. Eager, it runs, and a CUDA graph captures it as it is.
 @torch.compiler.disable
 def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
     return _SumOverRanks.apply(x)
