@@ -27,7 +27,7 @@ from torch import nn
 from . import kernels
 from .model import SPARD
 from .nets import Denoiser, NoisePredictor
-from .nets.denoiser import Stylization
+from .nets.denoiser import Stylization, timestep_embedding
 from .nets.gcn import GCN
 from .samplers import get_sampler
 
@@ -80,35 +80,43 @@ def compute_dtype(device_type: str) -> torch.dtype:
 
 
 class FusedGCN(nn.Module):
-    """A `GCN` in eval mode as `kernels.graph_conv` layers (one kernel each on a GPU): bias and
-    BatchNorm folded into one per-(node, feature) `scale` and `shift`, dropout gone."""
+    """A `GCN` in eval mode as `spard.kernels` calls: bias and BatchNorm folded into one
+    per-(node, feature) `scale` and `shift`, dropout gone. On a GPU the first and last layers are a
+    `graph_conv` kernel each, and the residual blocks between them one `gcn_blocks` kernel."""
 
     def __init__(self, gcn: GCN):
         super().__init__()
-        self.residual, self.blocks = gcn.residual, len(gcn.gcbs)
+        self.residual = gcn.residual
         convs = [(gcn.gc1, gcn.bn1)] + [c for b in gcn.gcbs for c in ((b.gc1, b.bn1), (b.gc2, b.bn2))] + [(gcn.gc7, None)]
+        folded = []  # (weight, att, scale, shift) per layer
         with torch.no_grad():
-            for i, (gc, bn) in enumerate(convs):
+            for gc, bn in convs:
                 nodes, out = gc.att.shape[0], gc.weight.shape[1]
                 if bn is None:  # gc7: bias only
                     scale, shift = torch.ones(nodes, out, device=gc.bias.device), gc.bias.expand(nodes, out)
                 else:  # BN(att @ x @ W + bias) = (att @ x @ W) * scale + shift
                     scale = (bn.weight * torch.rsqrt(bn.running_var + bn.eps)).view(nodes, out)
                     shift = bn.bias.view(nodes, out) + (gc.bias - bn.running_mean.view(nodes, out)) * scale
-                for name, t in (("weight", gc.weight), ("att", gc.att), ("scale", scale), ("shift", shift)):
-                    self.register_buffer(f"{name}{i}", t.detach().clone().contiguous())
+                folded.append([t.detach().clone().contiguous() for t in (gc.weight, gc.att, scale, shift)])
+        nodes, hidden = folded[0][2].shape
+        block_shapes = ((hidden, hidden), (nodes, nodes), (nodes, hidden), (nodes, hidden))
+        for j, name in enumerate(("weight", "att", "scale", "shift")):
+            self.register_buffer(f"first_{name}", folded[0][j])  # weight [Fin, F], att [P, P], scale [P, F]
+            blocks = [layer[j] for layer in folded[1:-1]]  # [2B, ...]: two convolutions per block
+            self.register_buffer(f"blocks_{name}", torch.stack(blocks) if blocks else torch.empty(0, *block_shapes[j]))
+            self.register_buffer(f"last_{name}", folded[-1][j])
 
-    def conv(self, i: int, x: torch.Tensor, dtype: torch.dtype, residual=None, last=False) -> torch.Tensor:
-        w, att, scale, shift = (getattr(self, f"{n}{i}") for n in ("weight", "att", "scale", "shift"))
-        return kernels.graph_conv(x, w.to(dtype), att.to(dtype), scale, shift, residual, tanh=not last,
-                                  out_dtype=torch.float32 if last else dtype)
+    def layers(self, part: str, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """`part`'s weight and adjacency in `dtype`, scale and shift in float32."""
+        w, att, scale, shift = (getattr(self, f"{part}_{n}") for n in ("weight", "att", "scale", "shift"))
+        return w.to(dtype), att.to(dtype), scale, shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, nodes, in] -> [N, nodes, out] float32
         dtype = compute_dtype(x.device.type)
-        y = self.conv(0, x.to(dtype), dtype)  # gc1
-        for b in range(self.blocks):  # residual blocks of two convolutions
-            y = self.conv(2 + 2 * b, self.conv(1 + 2 * b, y, dtype), dtype, residual=y)
-        return self.conv(1 + 2 * self.blocks, y, dtype, residual=x if self.residual else None, last=True)  # gc7
+        y = kernels.graph_conv(x.to(dtype), *self.layers("first", dtype))  # gc1
+        y = kernels.gcn_blocks(y, *self.layers("blocks", dtype))  # the residual blocks
+        return kernels.graph_conv(y, *self.layers("last", dtype), residual=x if self.residual else None,
+                                  tanh=False, out_dtype=torch.float32)  # gc7
 
 
 class FusedNoisePredictor(nn.Module):
@@ -133,6 +141,8 @@ class FusedDenoiser(nn.Module):
       over the few tokens is one kernel (`kernels.attention`);
     - in half precision on a GPU, the feed-forward GELU is applied by the matrix product before it
       (`linear_gelu`);
+    - the time embedding (an MLP of the step `t`) is a table over the schedule's steps, computed
+      once in float32;
     - the 2 x num_layers scale/shift projections of the embedding are one product;
     - the refiner's way back to time, history write-back and forward DCT (three T x T products and
       a concatenation) is two small products: `dct[:r, :t_his] @ history + lift @ coeffs`, with
@@ -143,7 +153,8 @@ class FusedDenoiser(nn.Module):
     Embeddings, LayerNorms and output projections are the reference modules, shared.
     """
 
-    def __init__(self, den: Denoiser):
+    def __init__(self, den: Denoiser, steps: int):
+        """`steps`: the diffusion steps `t` the samplers may ask for (0 to steps - 1)."""
         super().__init__()
         self.den, self.cfg = den, den.cfg
         self.gcn = FusedGCN(den.gcn)
@@ -158,6 +169,8 @@ class FusedDenoiser(nn.Module):
             dct64, idct64 = den.dct.double(), den.idct.double()
             self.register_buffer("lift", (dct64[:r, t_his:] @ idct64[t_his:, :n]).float())  # [r, n_pre]
             self.register_buffer("keep", den.dct[:r, :t_his].clone())  # [r, t_his]
+            steps = torch.arange(steps, device=den.dct.device)
+            self.register_buffer("time_table", den.time_embed(timestep_embedding(steps, self.cfg.latent_dim)))  # [steps, C]
 
     def stylizations(self) -> list[Stylization]:
         return [s for b in self.den.temporal_decoder_blocks for s in (b.sa_block.proj_out, b.ffn.proj_out)]
@@ -165,6 +178,16 @@ class FusedDenoiser(nn.Module):
     @property
     def dct(self) -> torch.Tensor:  # read by SPARD.condition and SPARD.encode
         return self.den.dct
+
+    def embedding(self, t: torch.Tensor, y_cond: torch.Tensor | None, keep_cond: torch.Tensor | None) -> torch.Tensor:
+        """`Denoiser.embedding`, its time term read from `time_table`."""
+        emb = self.time_table[t]  # [N, C]
+        if y_cond is None:
+            return emb
+        cond = self.den.cond_embed(y_cond.flatten(1))  # [N, C]
+        if keep_cond is not None:
+            cond = cond * keep_cond[:, None].to(cond.dtype)
+        return emb + cond
 
     def transformer(self, x_t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # [N, n, D], [N, C]
         den, cfg = self.den, self.cfg
@@ -189,7 +212,7 @@ class FusedDenoiser(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y_cond: torch.Tensor | None, history: torch.Tensor,
                 keep_cond: torch.Tensor | None = None) -> torch.Tensor:
         """Same signature and result as `Denoiser.forward`: `[N, n_pre, D]` ... -> `[N, T, D]`."""
-        coeffs = self.transformer(x_t, self.den.embedding(t, y_cond, keep_cond))  # [N, n, D]
+        coeffs = self.transformer(x_t, self.embedding(t, y_cond, keep_cond))  # [N, n, D]
         with torch.autocast(x_t.device.type, enabled=False):  # the DCT arithmetic in float32, as in the reference
             full = self.keep @ history.float() + self.lift @ coeffs.float()  # [N, r, D]
         refined = self.gcn(full.transpose(1, 2)).transpose(1, 2)  # [N, r, D] float32
@@ -201,7 +224,7 @@ def fused(model: SPARD) -> SPARD:
     """A shallow copy of `model` (modules shared) with `FusedDenoiser` and `FusedNoisePredictor`;
     eval mode, inference only, weights read now."""
     out = copy.copy(model.eval())
-    out._modules = {**model._modules, "denoiser": FusedDenoiser(model.denoiser),
+    out._modules = {**model._modules, "denoiser": FusedDenoiser(model.denoiser, len(model.sqrt_etas)),
                     "noise_predictor": FusedNoisePredictor(model.noise_predictor)}
     return out
 

@@ -167,3 +167,96 @@ if triton is not None:
         if RESIDUAL:
             y += tl.load(res + row * srn + node[:, None] * srp + feat[None, :] * srf, mask=keep, other=0.0).to(tl.float32)
         tl.store(out + row * P * FOUT + at, y.to(out.dtype.element_ty), mask=keep)
+
+
+# ------------------------------------------------------------------------------------------------ GCN residual blocks
+
+def gcn_blocks_reference(y, w, att, scale, shift):
+    """The residual blocks of a GCN: for each block b, `y += conv(2b+1, conv(2b, y))`, `conv` as in
+    `graph_conv` with tanh; `w` `[2B, F, F]`, `att` `[2B, P, P]`, `scale`/`shift` `[2B, P, F]`."""
+    for b in range(w.shape[0] // 2):
+        h = graph_conv(y, w[2 * b], att[2 * b], scale[2 * b], shift[2 * b])
+        y = graph_conv(h, w[2 * b + 1], att[2 * b + 1], scale[2 * b + 1], shift[2 * b + 1], residual=y)
+    return y
+
+
+CHAIN_ROWS = 256  # gcn_blocks runs as one kernel up to this many rows (bench/kernel_tiles.py)
+
+
+def gcn_blocks_tile(rows: int, features: int) -> int:
+    """Feature tile of `gcn_blocks`'s programs: as `graph_conv_tiles`, narrower while there are
+    fewer than 64 programs; in the interpreter, which runs programs one after another, a whole row."""
+    return _pow2(features) if INTERPRET else graph_conv_tiles(rows, features)[0]
+
+
+def gcn_blocks(y, w, att, scale, shift, tile=None):
+    """All residual blocks of a GCN (`gcn_blocks_reference`) in one kernel on a GPU, for up to
+    `CHAIN_ROWS` rows; each layer is one kernel otherwise.
+
+    The programs of a row (one per feature tile) take the layers in turn, and wait for each other
+    between layers (a flag per program in global memory) instead of ending a kernel: at a few
+    rows a layer's work is a few microseconds, about what a kernel launch and its tail cost."""
+    n, p, f = y.shape
+    if not available(y) or p > 128 or n > CHAIN_ROWS or w.shape[0] == 0:
+        return gcn_blocks_reference(y, w, att, scale, shift)
+    bf = tile or gcn_blocks_tile(n, f)
+    tiles = triton.cdiv(f, bf)
+    out = y.clone(memory_format=torch.contiguous_format)  # the running residual stream, updated in place
+    hidden = torch.empty_like(out)  # each block's first convolution
+    flags = torch.zeros(n, tiles, device=y.device, dtype=torch.int32)  # layers done, per program
+    _gcn_blocks_kernel[(tiles, n)](  # the programs of a row launch next to each other
+        out, hidden, w.contiguous(), att.contiguous(), scale.contiguous(), shift.contiguous(), flags,
+        w.shape[0] // 2, p, f, tiles, PP=_pow2(p), BK=64, BF=bf, TP=_pow2(tiles, 2), num_warps=4, num_stages=3)
+    return out
+
+
+if triton is not None:
+    @triton.jit
+    def _conv_tile(x, w, att, scale, shift, row, node, feat, P, F, PP: tl.constexpr, BK: tl.constexpr,
+                   BF: tl.constexpr):
+        """`tanh((att @ (x[row] @ w)) * scale + shift)` for one feature tile, float32 `[PP, BF]`."""
+        keep = (node[:, None] < P) & (feat[None, :] < F)
+        acc = tl.zeros((PP, BF), dtype=tl.float32)
+        for k0 in range(0, F, BK):
+            kk = k0 + tl.arange(0, BK)
+            xs = tl.load(x + row * P * F + node[:, None] * F + kk[None, :],
+                         mask=(node[:, None] < P) & (kk[None, :] < F), other=0.0, cache_modifier=".cg")
+            ws = tl.load(w + kk[:, None] * F + feat[None, :], mask=(kk[:, None] < F) & (feat[None, :] < F), other=0.0)
+            acc += tl.dot(xs, ws)
+        a = tl.load(att + node[:, None] * P + node[None, :], mask=(node[:, None] < P) & (node[None, :] < P), other=0.0)
+        y = tl.dot(a, acc.to(a.dtype))  # rounded between the products, as PyTorch does
+        at = node[:, None] * F + feat[None, :]
+        y = y * tl.load(scale + at, mask=keep, other=0.0) + tl.load(shift + at, mask=keep, other=0.0)
+        return 2.0 / (1.0 + tl.exp(-2.0 * y)) - 1.0
+
+    @triton.jit
+    def _wait_for_row(flags, row, tile, layer, TILES, TP: tl.constexpr):
+        """Mark this program's `layer` done, then wait until every program of the row has done it."""
+        tl.debug_barrier()  # every thread's stores are issued before the flag is raised
+        tl.atomic_xchg(flags + row * TILES + tile, layer, sem="release", scope="gpu")
+        mine = flags + row * TILES + tl.arange(0, TP)
+        real = tl.arange(0, TP) < TILES
+        done = tl.min(tl.where(real, tl.atomic_add(mine, 0, mask=real, sem="acquire", scope="gpu"), layer))
+        while done < layer:
+            done = tl.min(tl.where(real, tl.atomic_add(mine, 0, mask=real, sem="acquire", scope="gpu"), layer))
+        tl.debug_barrier()
+
+    @triton.jit
+    def _gcn_blocks_kernel(y, hidden, w, att, scale, shift, flags, BLOCKS, P, F, TILES,
+                           PP: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, TP: tl.constexpr):
+        tile, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
+        node = tl.arange(0, PP)
+        feat = tile * BF + tl.arange(0, BF)
+        keep = (node[:, None] < P) & (feat[None, :] < F)
+        mine = row * P * F + node[:, None] * F + feat[None, :]
+        for b in range(BLOCKS):
+            i = 2 * b
+            h = _conv_tile(y, w + i * F * F, att + i * P * P, scale + i * P * F, shift + i * P * F,
+                           row, node, feat, P, F, PP, BK, BF)
+            tl.store(hidden + mine, h.to(hidden.dtype.element_ty), mask=keep)
+            _wait_for_row(flags, row, tile, i + 1, TILES, TP)
+            z = _conv_tile(hidden, w + (i + 1) * F * F, att + (i + 1) * P * P, scale + (i + 1) * P * F,
+                           shift + (i + 1) * P * F, row, node, feat, P, F, PP, BK, BF)
+            z += tl.load(y + mine, mask=keep, other=0.0, cache_modifier=".cg").to(tl.float32)
+            tl.store(y + mine, z.to(y.dtype.element_ty), mask=keep)
+            _wait_for_row(flags, row, tile, i + 2, TILES, TP)

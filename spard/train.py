@@ -122,7 +122,7 @@ class Trainer:
                  out_dir: Path | None, device: torch.device, logger, resume_from: Path | None = None,
                  select: str = "best", progress: bool = True, fused_adam: bool = True, ddp_options: dict | None = None):
         """`run_dir` None: nothing is written (benchmarks). `ddp_options`: extra keyword arguments of
-        DistributedDataParallel under torchrun (e.g. `bucket_cap_mb`, `gradient_as_bucket_view`)."""
+        DistributedDataParallel under torchrun (e.g. `bucket_cap_mb`; `gradient_as_bucket_view` is on unless set False)."""
         device = torch.device(device)
         self.cfg, self.stage, self.model, self.dataset = cfg, STAGES[stage], model.to(device), dataset
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -155,10 +155,12 @@ class Trainer:
                 if isinstance(m, NodeBatchNorm):
                     m.sync = True
             ids = [device.index] if device.type == "cuda" else None
+            # gradients as views into DDP's buckets: no copy between them and the all-reduce
+            options = {"gradient_as_bucket_view": True, **(ddp_options or {})}
             # built on a side stream when its backward is to be captured (PyTorch's CUDA-graph notes)
             with torch.cuda.stream(torch.cuda.Stream()) if self.graphed else contextlib.nullcontext():
                 self.step_loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=ids, broadcast_buffers=False,
-                                                                     **(ddp_options or {}))
+                                                                     **options)
         if tc.compile != "none":
             self.step_loss = torch.compile(self.step_loss, mode="default" if self.graphed else tc.compile)
         self.step_graph = StepGraph(self._step) if self.graphed else None
