@@ -4,12 +4,8 @@
 
 `graph_conv`: feature tile x warps x pipeline stages x product first (`x @ w` as one cuBLAS
 product, tried from 1,024 rows), for the noise predictor at one history (1 row) and the refiner at
-1 x 50 (50 rows) and 1024 x 50 (51,200 rows). `attention`: warps. `gcn_blocks`: feature tile of
-the six residual blocks as one kernel, against one `graph_conv` kernel per layer (`layerwise_us`),
-at 1 to 512 rows. Times are per call inside a CUDA graph (`common.graph_call_us`). The defaults of
-`spard.kernels` come from this table.
-
-    python bench/kernel_tiles.py --only gcn_blocks
+1 x 50 (50 rows) and 1024 x 50 (51,200 rows). `attention`: warps. Times are per call inside a
+CUDA graph (`common.graph_call_us`). The defaults of `spard.kernels` come from this table.
 """
 from __future__ import annotations
 
@@ -26,41 +22,17 @@ GCN_SHAPES = [("noise predictor block", 1, 48, 256, 256), ("noise predictor gc7"
               ("refiner block", 50, 48, 256, 256), ("refiner gc1", 50, 48, 125, 256),
               ("noise predictor block", 1024, 48, 256, 256), ("refiner block", 51200, 48, 256, 256)]
 ATTENTION_ROWS = [50, 51200]  # (histories x samples) rows of 20 tokens, 8 heads of 64
-BLOCK_ROWS = [1, 4, 16, 50, 128, 256, 512]  # gcn_blocks: 6 blocks of 48 nodes x 256 features
-
-
-def sweep_gcn_blocks() -> list[dict]:
-    rows, dt, dev = [], torch.float16, "cuda"
-    ws = torch.randn(12, 256, 256, device=dev, dtype=dt) / 16
-    atts = torch.randn(12, 48, 48, device=dev, dtype=dt) / 7
-    scales, shifts = torch.rand(12, 48, 256, device=dev) + 0.5, torch.randn(12, 48, 256, device=dev)
-    kernels.CHAIN_ROWS = max(BLOCK_ROWS)
-    for n in BLOCK_ROWS:
-        y = torch.randn(n, 48, 256, device=dev, dtype=dt)
-        times = {bf: graph_call_us(lambda: kernels.gcn_blocks(y, ws, atts, scales, shifts, tile=bf)) for bf in (16, 32, 64, 128)}
-        best = min(times, key=times.get)
-        default = kernels.gcn_blocks_tile(n, 256)
-        row = {"kernel": "gcn_blocks", "what": "6 blocks", "rows": n, "default": str(default),
-               "default_us": round(times[default], 1), "best": str(best), "best_us": round(times[best], 1),
-               "layerwise_us": round(graph_call_us(lambda: kernels.gcn_blocks_reference(y, ws, atts, scales, shifts)), 1),
-               "all_us": {str(bf): round(u, 1) for bf, u in times.items()}}
-        rows.append(row)
-        print({k: v for k, v in row.items() if k != "all_us"}, flush=True)
-    return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--min_rows", type=int, default=0, help="sweep graph_conv only at shapes of this many rows or more")
     p.add_argument("--product_first_rows", type=int, default=1024, help="try x @ w first at this many rows or more")
-    p.add_argument("--only", default="graph_conv,attention,gcn_blocks", help="which kernels to sweep")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     dt, dev = torch.float16, "cuda"
-    only = args.only.split(",")
-    rows = sweep_gcn_blocks() if "gcn_blocks" in only else []
-    shapes = [shape for shape in GCN_SHAPES if shape[1] >= args.min_rows] if "graph_conv" in only else []
-    for what, n, nodes, fin, fout in shapes:
+    rows = []
+    for what, n, nodes, fin, fout in [shape for shape in GCN_SHAPES if shape[1] >= args.min_rows]:
         x = torch.randn(n, nodes, fin, device=dev, dtype=dt)
         w = torch.randn(fin, fout, device=dev, dtype=dt) / fin**0.5
         att = torch.randn(nodes, nodes, device=dev, dtype=dt) / nodes**0.5
@@ -78,7 +50,7 @@ def main() -> None:
                "all_us": {"x".join(map(str, t)): round(u, 1) for t, u in times.items()}}
         rows.append(row)
         print({k: v for k, v in row.items() if k != "all_us"}, flush=True)
-    for n in ATTENTION_ROWS if "attention" in only else []:
+    for n in ATTENTION_ROWS:
         qkv = torch.randn(n, 20, 3 * 512, device=dev, dtype=dt)
         times = {w: graph_call_us(lambda: kernels.attention(qkv, 8, warps=w)) for w in (1, 2, 4, 8)}
         best = min(times, key=times.get)
@@ -88,7 +60,7 @@ def main() -> None:
                "all_us": {str(w): round(u, 1) for w, u in times.items()}}
         rows.append(row)
         print({k: v for k, v in row.items() if k != "all_us"}, flush=True)
-    print(table(rows, ["kernel", "what", "rows", "default", "default_us", "best", "best_us", "layerwise_us"]))
+    print(table(rows, ["kernel", "what", "rows", "default", "default_us", "best", "best_us"]))
     write("kernel_tiles", {"rows": rows}, args.out)
 
 

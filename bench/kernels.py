@@ -20,7 +20,7 @@ from spard.config import preset
 from spard.fast import GraphedSampler
 from spard.model import SPARD
 
-KINDS = [("GCN layers (spard.kernels)", ("_graph_conv_kernel", "_gcn_blocks_kernel")),
+KINDS = [("GCN layers (spard.kernels)", ("_graph_conv_kernel",)),
          ("gemm", ("gemm", "sm90", "cutlass", "cublas", "nvjet", "mm_", "_mm", "bmm")),
          ("attention", ("flash", "fmha", "attention", "sdpa")),
          ("fused (triton)", ("triton",)),

@@ -80,43 +80,35 @@ def compute_dtype(device_type: str) -> torch.dtype:
 
 
 class FusedGCN(nn.Module):
-    """A `GCN` in eval mode as `spard.kernels` calls: bias and BatchNorm folded into one
-    per-(node, feature) `scale` and `shift`, dropout gone. On a GPU the first and last layers are a
-    `graph_conv` kernel each, and the residual blocks between them one `gcn_blocks` kernel."""
+    """A `GCN` in eval mode as `kernels.graph_conv` layers (one kernel each on a GPU): bias and
+    BatchNorm folded into one per-(node, feature) `scale` and `shift`, dropout gone."""
 
     def __init__(self, gcn: GCN):
         super().__init__()
-        self.residual = gcn.residual
+        self.residual, self.blocks = gcn.residual, len(gcn.gcbs)
         convs = [(gcn.gc1, gcn.bn1)] + [c for b in gcn.gcbs for c in ((b.gc1, b.bn1), (b.gc2, b.bn2))] + [(gcn.gc7, None)]
-        folded = []  # (weight, att, scale, shift) per layer
         with torch.no_grad():
-            for gc, bn in convs:
+            for i, (gc, bn) in enumerate(convs):
                 nodes, out = gc.att.shape[0], gc.weight.shape[1]
                 if bn is None:  # gc7: bias only
                     scale, shift = torch.ones(nodes, out, device=gc.bias.device), gc.bias.expand(nodes, out)
                 else:  # BN(att @ x @ W + bias) = (att @ x @ W) * scale + shift
                     scale = (bn.weight * torch.rsqrt(bn.running_var + bn.eps)).view(nodes, out)
                     shift = bn.bias.view(nodes, out) + (gc.bias - bn.running_mean.view(nodes, out)) * scale
-                folded.append([t.detach().clone().contiguous() for t in (gc.weight, gc.att, scale, shift)])
-        nodes, hidden = folded[0][2].shape
-        block_shapes = ((hidden, hidden), (nodes, nodes), (nodes, hidden), (nodes, hidden))
-        for j, name in enumerate(("weight", "att", "scale", "shift")):
-            self.register_buffer(f"first_{name}", folded[0][j])  # weight [Fin, F], att [P, P], scale [P, F]
-            blocks = [layer[j] for layer in folded[1:-1]]  # [2B, ...]: two convolutions per block
-            self.register_buffer(f"blocks_{name}", torch.stack(blocks) if blocks else torch.empty(0, *block_shapes[j]))
-            self.register_buffer(f"last_{name}", folded[-1][j])
+                for name, t in (("weight", gc.weight), ("att", gc.att), ("scale", scale), ("shift", shift)):
+                    self.register_buffer(f"{name}{i}", t.detach().clone().contiguous())
 
-    def layers(self, part: str, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """`part`'s weight and adjacency in `dtype`, scale and shift in float32."""
-        w, att, scale, shift = (getattr(self, f"{part}_{n}") for n in ("weight", "att", "scale", "shift"))
-        return w.to(dtype), att.to(dtype), scale, shift
+    def conv(self, i: int, x: torch.Tensor, dtype: torch.dtype, residual=None, last=False) -> torch.Tensor:
+        w, att, scale, shift = (getattr(self, f"{n}{i}") for n in ("weight", "att", "scale", "shift"))
+        return kernels.graph_conv(x, w.to(dtype), att.to(dtype), scale, shift, residual, tanh=not last,
+                                  out_dtype=torch.float32 if last else dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, nodes, in] -> [N, nodes, out] float32
         dtype = compute_dtype(x.device.type)
-        y = kernels.graph_conv(x.to(dtype), *self.layers("first", dtype))  # gc1
-        y = kernels.gcn_blocks(y, *self.layers("blocks", dtype))  # the residual blocks
-        return kernels.graph_conv(y, *self.layers("last", dtype), residual=x if self.residual else None,
-                                  tanh=False, out_dtype=torch.float32)  # gc7
+        y = self.conv(0, x.to(dtype), dtype)  # gc1
+        for b in range(self.blocks):  # residual blocks of two convolutions
+            y = self.conv(2 + 2 * b, self.conv(1 + 2 * b, y, dtype), dtype, residual=y)
+        return self.conv(1 + 2 * self.blocks, y, dtype, residual=x if self.residual else None, last=True)  # gc7
 
 
 class FusedNoisePredictor(nn.Module):
@@ -169,8 +161,8 @@ class FusedDenoiser(nn.Module):
             dct64, idct64 = den.dct.double(), den.idct.double()
             self.register_buffer("lift", (dct64[:r, t_his:] @ idct64[t_his:, :n]).float())  # [r, n_pre]
             self.register_buffer("keep", den.dct[:r, :t_his].clone())  # [r, t_his]
-            steps = torch.arange(steps, device=den.dct.device)
-            self.register_buffer("time_table", den.time_embed(timestep_embedding(steps, self.cfg.latent_dim)))  # [steps, C]
+            every_t = torch.arange(steps, device=den.dct.device)
+            self.register_buffer("time_table", den.time_embed(timestep_embedding(every_t, self.cfg.latent_dim)))  # [steps, C]
 
     def stylizations(self) -> list[Stylization]:
         return [s for b in self.den.temporal_decoder_blocks for s in (b.sa_block.proj_out, b.ffn.proj_out)]

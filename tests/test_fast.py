@@ -55,11 +55,7 @@ def test_fused_gcn_folds_bias_and_batchnorm():
     gcn.eval()
     x = torch.randn(4, 5, 7, generator=gen)
     torch.testing.assert_close(FusedGCN(gcn)(x), gcn(x), rtol=1e-5, atol=1e-5)
-    fused_gcn = FusedGCN(gcn)
-    assert fused_gcn.blocks_weight.shape == (2 * 2, 6, 6)  # two convolutions per block, stacked
-    assert fused_gcn.first_weight.shape == (7, 6) and fused_gcn.last_weight.shape == (6, 7)
-    no_blocks = GCN(7, 6, 7, nodes=5, layers=0, dropout=0.5, residual=False).eval()
-    torch.testing.assert_close(FusedGCN(no_blocks)(x), no_blocks(x), rtol=1e-5, atol=1e-5)
+    assert sum(name.startswith("weight") for name, _ in FusedGCN(gcn).named_buffers()) == 2 + 2 * 2  # gc1, 2 per block, gc7
 
 
 def test_graphed_sampler_without_compile_runs_the_sampler():
@@ -126,16 +122,6 @@ KERNEL_CHECK = textwrap.dedent("""
             assert got.dtype == extra.get("out_dtype", half) and got.shape == (2, 5, 70)
             torch.testing.assert_close(got.float(), want, rtol=0, atol=2e-2)
 
-    blocks = 2  # gcn_blocks: the residual blocks of a GCN as one kernel (one program per row here)
-    y = torch.randn(3, 5, 40, generator=gen).to(half)
-    ws = (torch.randn(2 * blocks, 40, 40, generator=gen) / 6).to(half)
-    atts = (torch.randn(2 * blocks, 5, 5, generator=gen) / 2).to(half)
-    scales, shifts = torch.rand(2 * blocks, 5, 40, generator=gen) + 0.5, torch.randn(2 * blocks, 5, 40, generator=gen)
-    want = kernels.gcn_blocks_reference(y.float(), ws.float(), atts.float(), scales, shifts)
-    got = kernels.gcn_blocks(y, ws, atts, scales, shifts)
-    assert got.dtype == half and got.shape == y.shape
-    torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2)
-
     from spard.fast import FusedGCN  # the kernels wired into a whole GCN, under fp16 autocast
     from spard.nets.gcn import GCN
     gcn = GCN(7, 16, 7, nodes=5, layers=2, dropout=0.5, residual=True).eval()
@@ -174,17 +160,6 @@ def test_triton_kernels_on_the_gpu(dtype):
     for tiles in (None, (128, 4, 3, True)):
         got = kernels.graph_conv(x, w, att, scale, shift, tiles=tiles)
         torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2)
-    # gcn_blocks: 6 blocks as one kernel, its programs waiting for each other between layers
-    ws = (torch.randn(12, 256, 256, device="cuda", generator=gen) / 16).to(dtype)
-    atts = (torch.randn(12, 48, 48, device="cuda", generator=gen) / 7).to(dtype)
-    scales = torch.rand(12, 48, 256, device="cuda", generator=gen) + 0.5
-    shifts = torch.randn(12, 48, 256, device="cuda", generator=gen)
-    for rows, tile in ((1, None), (50, None), (256, 32), (300, None)):  # 300 rows: one kernel per layer
-        y = torch.randn(rows, 48, 256, device="cuda", generator=gen).to(dtype)
-        want = kernels.gcn_blocks_reference(y.float(), ws.float(), atts.float(), scales, shifts)
-        for _ in range(3):  # the flags start from zero at every call
-            got = kernels.gcn_blocks(y, ws, atts, scales, shifts, tile=tile)
-            torch.testing.assert_close(got.float(), want, rtol=0, atol=5e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
