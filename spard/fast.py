@@ -142,7 +142,7 @@ class FusedDenoiser(nn.Module):
     - the GCN refiner is a `FusedGCN`;
     - under autocast, the residual streams are kept in the autocast dtype (float32 in the reference).
 
-    Embeddings, LayerNorms and output projections are the reference modules, shared.
+    The condition and joint embeddings, LayerNorms and output projections are the reference modules, shared.
     """
 
     def __init__(self, den: Denoiser, steps: int):
