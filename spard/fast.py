@@ -173,13 +173,7 @@ class FusedDenoiser(nn.Module):
 
     def embedding(self, t: torch.Tensor, y_cond: torch.Tensor | None, keep_cond: torch.Tensor | None) -> torch.Tensor:
         """`Denoiser.embedding`, its time term read from `time_table`."""
-        emb = self.time_table[t]  # [N, C]
-        if y_cond is None:
-            return emb
-        cond = self.den.cond_embed(y_cond.flatten(1))  # [N, C]
-        if keep_cond is not None:
-            cond = cond * keep_cond[:, None].to(cond.dtype)
-        return emb + cond
+        return self.den.add_condition(self.time_table[t], y_cond, keep_cond)  # [N, C]
 
     def transformer(self, x_t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # [N, n, D], [N, C]
         den, cfg = self.den, self.cfg

@@ -126,7 +126,10 @@ class Denoiser(nn.Module):
 
     def embedding(self, t: torch.Tensor, y_cond: torch.Tensor | None, keep_cond: torch.Tensor | None) -> torch.Tensor:
         """`MLP(sinusoid(t)) + Linear(flatten(y))`; rows with `keep_cond` False get no condition term."""
-        emb = self.time_embed(timestep_embedding(t, self.cfg.latent_dim))  # [N, C]
+        return self.add_condition(self.time_embed(timestep_embedding(t, self.cfg.latent_dim)), y_cond, keep_cond)
+
+    def add_condition(self, emb: torch.Tensor, y_cond: torch.Tensor | None, keep_cond: torch.Tensor | None) -> torch.Tensor:
+        """The time embedding `[N, C]` plus the condition term (none for rows with `keep_cond` False)."""
         if y_cond is None:
             return emb
         cond = self.cond_embed(y_cond.flatten(1))  # [N, C]
