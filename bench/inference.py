@@ -7,8 +7,9 @@ Variants: `eager-fp32` (plain PyTorch, no TF32), `graph-fp32` (the same kernels 
 CUDA graph), `compiled-bf16` (`spard.fast.GraphedSampler`: the fused model and its Triton kernels,
 torch.compile with the weights frozen as constants, one CUDA graph, bf16 autocast), `compiled-fp16`,
 `compiled-tf32`; suffixes `-unfused` (the reference model, weights not frozen: the earlier fast
-path), `-autotune` (compile mode max-autotune-no-cudagraphs) and `-pdl` (inductor's Triton kernels
-with programmatic dependent launch, `torch._inductor.config.triton.enable_pdl`).
+path), `-autotune` (compile mode max-autotune-no-cudagraphs), `-pdl` (inductor's Triton kernels
+with programmatic dependent launch too, `torch._inductor.config.triton.enable_pdl`) and `-nopdl`
+(the GCN kernel without it, `spard.kernels.PDL = False`).
 FLOPs per sample are counted by PyTorch's FlopCounterMode on one evaluation; the fraction of the
 bf16 limit divides the achieved FLOP rate by a measured 8192^3 bf16 matrix product.
 """
@@ -22,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import matmul_peak_tflops, table, time_fn, write
-from spard import checkpoints, samplers
+from spard import checkpoints, kernels, samplers
 from spard.config import preset
 from spard.fast import GraphedSampler
 from spard.model import SPARD
@@ -89,11 +90,13 @@ def main() -> None:
                     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
                     mode = "max-autotune-no-cudagraphs" if "autotune" in flags else "default"
                     pdl = torch._inductor.config.patch({"triton.enable_pdl": True}) if "pdl" in flags else nullcontext()
+                    kernels.PDL = "nopdl" not in flags
                     with pdl:
                         fast = GraphedSampler(model, sampler, b, k, precision=precision, compile=compiled,
                                               fuse=compiled and "unfused" not in flags,
                                               freeze=compiled and "unfused" not in flags, compile_mode=mode)
                     fn = lambda: fast(history)
+                kernels.PDL = True
                 setup = time.perf_counter() - started
                 t = time_fn(fn, device, min_seconds=2.0 if b > 1 else 1.0)
                 torch.backends.cuda.matmul.allow_tf32 = False

@@ -3,9 +3,11 @@
     python bench/kernel_tiles.py           # GPU; prints the best setting per shape and the default's time
 
 `graph_conv`: feature tile x warps x pipeline stages x product first (`x @ w` as one cuBLAS
-product, tried from 1,024 rows), for the noise predictor at one history (1 row) and the refiner at
-1 x 50 (50 rows) and 1024 x 50 (51,200 rows). `attention`: warps. Times are per call inside a
-CUDA graph (`common.graph_call_us`). The defaults of `spard.kernels` come from this table.
+product) x rows per program (these two tried from 1,024 rows; several rows only with the product
+first), for the noise predictor at one history (1 row) and the refiner at 1 x 50 (50 rows) and
+1024 x 50 (51,200 rows). `attention`: warps. Times are per call inside a CUDA graph
+(`common.graph_call_us`). The defaults of `spard.kernels` come from this table. The full sweep
+takes several minutes on an H100; `--min_rows` limits it to the larger shapes.
 """
 from __future__ import annotations
 
@@ -39,8 +41,11 @@ def main() -> None:
         scale, shift = torch.rand(nodes, fout, device=dev) + 0.5, torch.randn(nodes, fout, device=dev)
         default = kernels.graph_conv_tiles(n, fout)
         times = {}
-        for tiles in itertools.product((16, 32, 64, 128), (2, 4, 8), (2, 3), (False, True)):
+        rows_per_program = (1, 2, 4, 8) if n >= args.product_first_rows else (1,)
+        for tiles in itertools.product((16, 32, 64, 128), (2, 4, 8), (2, 3), (False, True), rows_per_program):
             if tiles[3] and n < args.product_first_rows:  # two kernels a layer: only where rows are many
+                continue
+            if tiles[4] > 1 and not tiles[3]:  # several rows per program: with the product first only
                 continue
             times[tiles] = graph_call_us(lambda: kernels.graph_conv(x, w, att, scale, shift, tiles=tiles))
         best = min(times, key=times.get)

@@ -61,14 +61,20 @@ def float32_products(precision: str):
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def linear_gelu(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """`gelu(layer(x))`. Half precision on a GPU: one cuBLAS product with the GELU applied as it
-    writes, in its tanh form (at most 4.7e-4 from the exact GELU; the accuracy check in
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`gelu(F.linear(x, weight, bias))`. Half precision on a GPU: one cuBLAS product with the GELU
+    applied as it writes, in its tanh form (at most 4.7e-4 from the exact GELU; the accuracy check in
     docs/performance.md includes it). Otherwise the exact GELU, as in the reference."""
     if not (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)):
-        return F.gelu(layer(x))
-    flat = torch._addmm_activation(layer.bias.to(x.dtype), x.reshape(-1, x.shape[-1]), layer.weight.to(x.dtype).t(),
-                                   use_gelu=True)
+        return F.gelu(F.linear(x, weight, bias))
+    flat = torch._addmm_activation(bias.to(x.dtype), x.reshape(-1, x.shape[-1]), weight.to(x.dtype).t(), use_gelu=True)
+    return flat.view(*x.shape[:-1], -1)
+
+
+def add_linear(x: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`x + a @ weight.T` as one matrix product that adds `x` as it writes (no bias)."""
+    dtype = compute_dtype(x.device.type)
+    flat = torch.addmm(x.reshape(-1, x.shape[-1]).to(dtype), a.reshape(-1, a.shape[-1]).to(dtype), weight.to(dtype).t())
     return flat.view(*x.shape[:-1], -1)
 
 
@@ -133,11 +139,14 @@ class FusedDenoiser(nn.Module):
       over the few tokens is one kernel (`kernels.attention`);
     - in half precision on a GPU, the feed-forward GELU is applied by the matrix product before it
       (`linear_gelu`);
+    - the attention's residual is added by its output product (`add_linear`); that product's bias
+      is carried to the two places that read the sum next: the feed-forward's first bias (as
+      `W1 @ b`) and the feed-forward's output bias;
     - the time embedding (an MLP of the step `t`) is a table over the schedule's steps, computed
       once in float32;
     - the 2 x num_layers scale/shift projections of the embedding are one product;
     - the refiner's way back to time, history write-back and forward DCT (three T x T products and
-      a concatenation) is two small products: `dct[:r, :t_his] @ history + lift @ coeffs`, with
+      a concatenation) is one small product: `[dct[:r, :t_his] | lift] @ [history; coeffs]`, with
       `lift = dct[:r, t_his:] @ idct[t_his:, :n_pre]` precomputed;
     - the GCN refiner is a `FusedGCN`;
     - under autocast, the residual streams are kept in the autocast dtype (float32 in the reference).
@@ -159,10 +168,15 @@ class FusedDenoiser(nn.Module):
             self.register_buffer("mod_bias", torch.cat([m.bias for m in mods]))  # [2L * 2C]
             t_his, n, r = den.cfg.t_his, den.cfg.n_pre, den.cfg.refine_n_pre
             dct64, idct64 = den.dct.double(), den.idct.double()
-            self.register_buffer("lift", (dct64[:r, t_his:] @ idct64[t_his:, :n]).float())  # [r, n_pre]
-            self.register_buffer("keep", den.dct[:r, :t_his].clone())  # [r, t_his]
+            lift = dct64[:r, t_his:] @ idct64[t_his:, :n]  # [r, n_pre]: coefficients -> refiner's DCT of the future
+            self.register_buffer("lift", torch.cat([dct64[:r, :t_his], lift], dim=1).float())  # [r, t_his + n_pre]
             every_t = torch.arange(steps, device=den.dct.device)
             self.register_buffer("time_table", den.time_embed(timestep_embedding(every_t, self.cfg.latent_dim)))  # [steps, C]
+            carried = [b.sa_block.proj_out.out_layers[2].bias for b in blocks]  # the attention output's bias, per block
+            self.register_buffer("ffn_in_bias", torch.stack([b.ffn.linear1.bias + b.ffn.linear1.weight @ c
+                                                             for b, c in zip(blocks, carried)]))  # [L, ff]
+            self.register_buffer("ffn_out_bias", torch.stack([b.ffn.proj_out.out_layers[2].bias + c
+                                                              for b, c in zip(blocks, carried)]))  # [L, C]
 
     def stylizations(self) -> list[Stylization]:
         return [s for b in self.den.temporal_decoder_blocks for s in (b.sa_block.proj_out, b.ffn.proj_out)]
@@ -187,11 +201,13 @@ class FusedDenoiser(nn.Module):
         for i, block in enumerate(den.temporal_decoder_blocks):
             if i < half:
                 skips.append(h)
-            x = h
-            qkv = F.linear(block.sa_block.norm(x), self.qkv_weight[i])  # [N, n, 3C]
-            x = x + styles[2 * i].modulated(kernels.attention(qkv.to(x.dtype), cfg.num_heads), mods[:, 2 * i])
+            qkv = F.linear(block.sa_block.norm(h), self.qkv_weight[i])  # [N, n, 3C]
+            y = styles[2 * i].modulate(kernels.attention(qkv.to(h.dtype), cfg.num_heads), mods[:, 2 * i])
+            x = add_linear(h, F.silu(y), styles[2 * i].out_layers[2].weight)  # h + attention, its bias carried on
             ffn = block.ffn
-            x = x + styles[2 * i + 1].modulated(ffn.linear2(linear_gelu(x, ffn.linear1)), mods[:, 2 * i + 1])
+            y = styles[2 * i + 1].modulate(ffn.linear2(linear_gelu(x, ffn.linear1.weight, self.ffn_in_bias[i])),
+                                           mods[:, 2 * i + 1])
+            x = x + F.linear(F.silu(y), styles[2 * i + 1].out_layers[2].weight, self.ffn_out_bias[i])
             h = x if i < half else x + skips.pop()
         return den.out(h)
 
@@ -200,7 +216,7 @@ class FusedDenoiser(nn.Module):
         """Same signature and result as `Denoiser.forward`: `[N, n_pre, D]` ... -> `[N, T, D]`."""
         coeffs = self.transformer(x_t, self.embedding(t, y_cond, keep_cond))  # [N, n, D]
         with torch.autocast(x_t.device.type, enabled=False):  # the DCT arithmetic in float32, as in the reference
-            full = self.keep @ history.float() + self.lift @ coeffs.float()  # [N, r, D]
+            full = self.lift @ torch.cat([history.float(), coeffs.float()], dim=1)  # [N, r, D]
         refined = self.gcn(full.transpose(1, 2)).transpose(1, 2)  # [N, r, D] float32
         with torch.autocast(x_t.device.type, enabled=False):
             return self.den.idct[:, : refined.shape[1]] @ refined  # [N, T, D]

@@ -90,13 +90,14 @@ def test_float32_products_follow_the_precision_and_are_restored():
 
 
 def test_graph_conv_tiles_follow_the_measured_sweep():
-    """bench/kernel_tiles.py on an H100: 16-wide tiles for a single row, 64 for more rows; the product
-    x @ w first, in cuBLAS, for tens of thousands of rows."""
+    """bench/kernel_tiles.py: 16-wide tiles for a single row, 64 for more rows; from a thousand rows on,
+    the product x @ w first, in cuBLAS, and 8 rows a program."""
     from spard.kernels import graph_conv_tiles
 
     shapes = [(1, 256), (1, 1000), (50, 256), (50, 125), (1024, 256), (51200, 256), (2, 20)]
-    assert [graph_conv_tiles(rows, fout)[0] for rows, fout in shapes] == [16, 16, 64, 64, 64, 64, 16]
-    assert [graph_conv_tiles(rows, fout)[3] for rows, fout in shapes] == [False] * 5 + [True, False]
+    tiles = [graph_conv_tiles(rows, fout) for rows, fout in shapes]
+    assert [t[0] for t in tiles] == [16, 16, 64, 64, 64, 64, 16]
+    assert [(t[3], t[4]) for t in tiles] == [(False, 1)] * 4 + [(True, 8)] * 2 + [(False, 1)]
 
 
 KERNEL_CHECK = textwrap.dedent("""
@@ -117,7 +118,8 @@ KERNEL_CHECK = textwrap.dedent("""
     for extra in ({}, {"residual": res, "tanh": False, "out_dtype": torch.float32}):
         want = kernels.graph_conv_reference(x.float(), w.float(), att.float(), scale, shift,
                                             **{**extra, "out_dtype": torch.float32})
-        for tiles in (None, (16, 4, 3, True)):  # the second: x @ w first, five feature tiles
+        # x @ w first with five feature tiles; with two rows per program; with three, past the last row
+        for tiles in (None, (16, 4, 3, True, 1), (32, 4, 3, True, 2), (16, 4, 3, True, 3)):
             got = kernels.graph_conv(x, w, att, scale, shift, tiles=tiles, **extra)
             assert got.dtype == extra.get("out_dtype", half) and got.shape == (2, 5, 70)
             torch.testing.assert_close(got.float(), want, rtol=0, atol=2e-2)
@@ -151,15 +153,26 @@ def test_triton_kernels_on_the_gpu(dtype):
     qkv = torch.randn(50, 20, 3 * 512, device="cuda", generator=gen).to(dtype)
     torch.testing.assert_close(kernels.attention(qkv, 8).float(), kernels.attention_reference(qkv.float(), 8),
                                rtol=0, atol=2e-2)
-    x = torch.randn(50, 48, 256, device="cuda", generator=gen).to(dtype)
-    w = (torch.randn(256, 256, device="cuda", generator=gen) / 16).to(dtype)
-    att = (torch.randn(48, 48, device="cuda", generator=gen) / 7).to(dtype)
-    scale = torch.rand(48, 256, device="cuda", generator=gen) + 0.5
-    shift = torch.randn(48, 256, device="cuda", generator=gen)
-    want = kernels.graph_conv_reference(x.float(), w.float(), att.float(), scale, shift, out_dtype=torch.float32)
-    for tiles in (None, (128, 4, 3, True)):
-        got = kernels.graph_conv(x, w, att, scale, shift, tiles=tiles)
-        torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2)
+    # the sampler's shapes: rows of one history (noise predictor, 16-wide tiles) and of 50 samples; the
+    # input transposed as the models give it, a residual, the tiles the sweep tries; with and without
+    # dependent launch (kernels.PDL)
+    for n, fin, fout in ((1, 20, 256), (1, 256, 1000), (3, 256, 256), (50, 125, 256), (50, 256, 256)):
+        x = torch.randn(n, fin, 48, device="cuda", generator=gen).to(dtype).transpose(1, 2)
+        w = (torch.randn(fin, fout, device="cuda", generator=gen) / fin**0.5).to(dtype)
+        att = (torch.randn(48, 48, device="cuda", generator=gen) / 7).to(dtype)
+        scale = torch.rand(48, fout, device="cuda", generator=gen) + 0.5
+        shift = torch.randn(48, fout, device="cuda", generator=gen)
+        res = torch.randn(n, 48, fout, device="cuda", generator=gen).to(dtype)
+        want = kernels.graph_conv_reference(x.float(), w.float(), att.float(), scale, shift, res.float(),
+                                            out_dtype=torch.float32)
+        for tiles in (None, (16, 4, 3, False, 1), (16, 2, 2, True, 1), (32, 4, 3, True, 4), (128, 8, 3, True, 8)):
+            for pdl in (True, False):
+                kernels.PDL = pdl
+                try:
+                    got = kernels.graph_conv(x, w, att, scale, shift, res, tiles=tiles)
+                finally:
+                    kernels.PDL = True
+                torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2, msg=lambda m: f"{n} x {fin} -> {fout}, tiles {tiles}, pdl {pdl}: {m}")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -51,8 +51,12 @@ class Stylization(nn.Module):
 
     def modulated(self, h: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:  # [N, L, C], [N, 2C]
         """The block given its embedding projection `mod` = scale | shift."""
+        return self.out_layers(self.modulate(h, mod))
+
+    def modulate(self, h: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """`LayerNorm(h) * (1 + scale) + shift`, the input of `out_layers`."""
         scale, shift = mod[:, None].chunk(2, dim=-1)  # [N, 1, C] each
-        return self.out_layers(self.norm(h) * (1 + scale) + shift)
+        return self.norm(h) * (1 + scale) + shift
 
 
 class SelfAttention(nn.Module):
