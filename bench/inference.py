@@ -9,7 +9,7 @@ torch.compile with the weights frozen as constants, one CUDA graph, bf16 autocas
 `compiled-tf32`; suffixes `-unfused` (the reference model, weights not frozen: the earlier fast
 path), `-autotune` (compile mode max-autotune-no-cudagraphs), `-pdl` (inductor's Triton kernels
 with programmatic dependent launch too, `torch._inductor.config.triton.enable_pdl`) and `-nopdl`
-(the GCN kernel without it, `spard.kernels.PDL = False`).
+(the GCN and attention kernels without it, `spard.kernels.PDL = False`).
 FLOPs per sample are counted by PyTorch's FlopCounterMode on one evaluation; the fraction of the
 bf16 limit divides the achieved FLOP rate by a measured 8192^3 bf16 matrix product.
 """

@@ -43,8 +43,8 @@ def _pow2(n: int, least: int = 16) -> int:
 def dependent_launch(x: torch.Tensor) -> bool:
     """Whether the kernels launch with programmatic dependent launch on `x`'s GPU (`PDL` on, a
     Hopper or newer GPU, a Triton that has it): a kernel then starts while the one before it
-    finishes (a GCN layer also reads its weights then) and waits for that kernel's results only
-    where it reads them. Each kernel is an operator opaque to torch.compile (`torch.ops.spard`),
+    finishes (a GCN layer also reads its adjacency, scale and shift then) and waits for that
+    kernel's results only where it reads them. Each kernel is an operator opaque to torch.compile (`torch.ops.spard`),
     as the compiler cannot launch a kernel of its user this way."""
     return (PDL and x.is_cuda and not INTERPRET and torch.cuda.get_device_capability(x.device)[0] >= 9
             and hasattr(tl.extra.cuda, "gdc_wait"))
@@ -94,8 +94,6 @@ if triton is not None:
     def _(qkv, heads, warps, pdl):
         return qkv.new_empty(*qkv.shape[:2], qkv.shape[2] // 3)
 
-
-if triton is not None:
     @triton.jit
     def _attention_kernel(qkv, out, L, C, scale, D: tl.constexpr, LP: tl.constexpr, GDC: tl.constexpr):
         row, head = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit offsets: large batches pass 2^31 elements
@@ -130,7 +128,7 @@ def graph_conv_reference(x, w, att, scale, shift, residual=None, tanh=True, out_
 
 def graph_conv_tiles(rows: int, fout: int) -> tuple[int, int, int, bool, int]:
     """(feature tile, warps, stages, product first, rows per program) of `graph_conv`, as measured
-    best on an H100 (bench/kernel_tiles.py).
+    best on an H100 and an H200 (bench/kernel_tiles.py).
 
     Tiles 64 features wide, so each row's input is read by few programs; narrower, down to 16, while
     fewer than 64 programs would share the layer (a single history's noise predictor: 16 programs,

@@ -123,6 +123,11 @@ KERNEL_CHECK = textwrap.dedent("""
             got = kernels.graph_conv(x, w, att, scale, shift, tiles=tiles, **extra)
             assert got.dtype == extra.get("out_dtype", half) and got.shape == (2, 5, 70)
             torch.testing.assert_close(got.float(), want, rtol=0, atol=2e-2)
+    try:
+        kernels.graph_conv(x, w, att, scale, shift, tiles=(16, 4, 3, False, 2))
+        raise AssertionError("several rows per program without the product first were taken")
+    except ValueError as e:
+        assert "product first" in str(e)
 
     from spard.fast import FusedGCN  # the kernels wired into a whole GCN, under fp16 autocast
     from spard.nets.gcn import GCN
@@ -150,12 +155,19 @@ def test_triton_kernels_on_the_gpu(dtype):
     from spard import kernels
 
     gen = torch.Generator(device="cuda").manual_seed(0)
+    def launched(pdl, kernel, *args, **kw):  # with and without dependent launch (kernels.PDL)
+        kernels.PDL = pdl
+        try:
+            return kernel(*args, **kw)
+        finally:
+            kernels.PDL = True
+
     qkv = torch.randn(50, 20, 3 * 512, device="cuda", generator=gen).to(dtype)
-    torch.testing.assert_close(kernels.attention(qkv, 8).float(), kernels.attention_reference(qkv.float(), 8),
-                               rtol=0, atol=2e-2)
+    for pdl in (True, False):
+        torch.testing.assert_close(launched(pdl, kernels.attention, qkv, 8).float(),
+                                   kernels.attention_reference(qkv.float(), 8), rtol=0, atol=2e-2)
     # the sampler's shapes: rows of one history (noise predictor, 16-wide tiles) and of 50 samples; the
-    # input transposed as the models give it, a residual, the tiles the sweep tries; with and without
-    # dependent launch (kernels.PDL)
+    # input transposed as the models give it, a residual, the tiles the sweep tries
     for n, fin, fout in ((1, 20, 256), (1, 256, 1000), (3, 256, 256), (50, 125, 256), (50, 256, 256)):
         x = torch.randn(n, fin, 48, device="cuda", generator=gen).to(dtype).transpose(1, 2)
         w = (torch.randn(fin, fout, device="cuda", generator=gen) / fin**0.5).to(dtype)
@@ -167,12 +179,9 @@ def test_triton_kernels_on_the_gpu(dtype):
                                             out_dtype=torch.float32)
         for tiles in (None, (16, 4, 3, False, 1), (16, 2, 2, True, 1), (32, 4, 3, True, 4), (128, 8, 3, True, 8)):
             for pdl in (True, False):
-                kernels.PDL = pdl
-                try:
-                    got = kernels.graph_conv(x, w, att, scale, shift, res, tiles=tiles)
-                finally:
-                    kernels.PDL = True
-                torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2, msg=lambda m: f"{n} x {fin} -> {fout}, tiles {tiles}, pdl {pdl}: {m}")
+                got = launched(pdl, kernels.graph_conv, x, w, att, scale, shift, res, tiles=tiles)
+                torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2,
+                                           msg=lambda m: f"{n} x {fin} -> {fout}, tiles {tiles}, pdl {pdl}: {m}")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
