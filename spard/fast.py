@@ -172,10 +172,10 @@ class FusedDenoiser(nn.Module):
             self.register_buffer("lift", torch.cat([dct64[:r, :t_his], lift], dim=1).float())  # [r, t_his + n_pre]
             every_t = torch.arange(steps, device=den.dct.device)
             self.register_buffer("time_table", den.time_embed(timestep_embedding(every_t, self.cfg.latent_dim)))  # [steps, C]
-            carried = [b.sa_block.proj_out.out_layers[2].bias for b in blocks]  # the attention output's bias, per block
+            carried = [b.sa_block.proj_out.out_linear.bias for b in blocks]  # the attention output's bias, per block
             self.register_buffer("ffn_in_bias", torch.stack([b.ffn.linear1.bias + b.ffn.linear1.weight @ c
                                                              for b, c in zip(blocks, carried)]))  # [L, ff]
-            self.register_buffer("ffn_out_bias", torch.stack([b.ffn.proj_out.out_layers[2].bias + c
+            self.register_buffer("ffn_out_bias", torch.stack([b.ffn.proj_out.out_linear.bias + c
                                                               for b, c in zip(blocks, carried)]))  # [L, C]
 
     def stylizations(self) -> list[Stylization]:
@@ -203,11 +203,11 @@ class FusedDenoiser(nn.Module):
                 skips.append(h)
             qkv = F.linear(block.sa_block.norm(h), self.qkv_weight[i])  # [N, n, 3C]
             y = styles[2 * i].modulate(kernels.attention(qkv.to(h.dtype), cfg.num_heads), mods[:, 2 * i])
-            x = add_linear(h, F.silu(y), styles[2 * i].out_layers[2].weight)  # h + attention, its bias carried on
+            x = add_linear(h, F.silu(y), styles[2 * i].out_linear.weight)  # h + attention, its bias carried on
             ffn = block.ffn
             y = styles[2 * i + 1].modulate(ffn.linear2(linear_gelu(x, ffn.linear1.weight, self.ffn_in_bias[i])),
                                            mods[:, 2 * i + 1])
-            x = x + F.linear(F.silu(y), styles[2 * i + 1].out_layers[2].weight, self.ffn_out_bias[i])
+            x = x + F.linear(F.silu(y), styles[2 * i + 1].out_linear.weight, self.ffn_out_bias[i])
             h = x if i < half else x + skips.pop()
         return den.out(h)
 

@@ -53,6 +53,11 @@ class Stylization(nn.Module):
         """The block given its embedding projection `mod` = scale | shift."""
         return self.out_layers(self.modulate(h, mod))
 
+    @property
+    def out_linear(self) -> nn.Linear:
+        """The last layer of `out_layers` (after SiLU and dropout)."""
+        return self.out_layers[2]
+
     def modulate(self, h: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
         """`LayerNorm(h) * (1 + scale) + shift`, the input of `out_layers`."""
         scale, shift = mod[:, None].chunk(2, dim=-1)  # [N, 1, C] each
