@@ -146,7 +146,8 @@ class FusedDenoiser(nn.Module):
       once in float32;
     - the 2 x num_layers scale/shift projections of the embedding are one product;
     - the refiner's way back to time, history write-back and forward DCT (three T x T products and
-      a concatenation) is one small product: `[dct[:r, :t_his] | lift] @ [history; coeffs]`, with
+      a concatenation) is one small product, `into_refiner @ [history; coeffs]` with
+      `into_refiner = [dct[:r, :t_his] | lift]` and
       `lift = dct[:r, t_his:] @ idct[t_his:, :n_pre]` precomputed;
     - the GCN refiner is a `FusedGCN`;
     - under autocast, the residual streams are kept in the autocast dtype (float32 in the reference).
@@ -169,7 +170,8 @@ class FusedDenoiser(nn.Module):
             t_his, n, r = den.cfg.t_his, den.cfg.n_pre, den.cfg.refine_n_pre
             dct64, idct64 = den.dct.double(), den.idct.double()
             lift = dct64[:r, t_his:] @ idct64[t_his:, :n]  # [r, n_pre]: coefficients -> refiner's DCT of the future
-            self.register_buffer("lift", torch.cat([dct64[:r, :t_his], lift], dim=1).float())  # [r, t_his + n_pre]
+            # [history; coeffs] -> the refiner's DCT of the whole trajectory, history written back
+            self.register_buffer("into_refiner", torch.cat([dct64[:r, :t_his], lift], dim=1).float())  # [r, t_his + n_pre]
             every_t = torch.arange(steps, device=den.dct.device)
             self.register_buffer("time_table", den.time_embed(timestep_embedding(every_t, self.cfg.latent_dim)))  # [steps, C]
             carried = [b.sa_block.proj_out.out_linear.bias for b in blocks]  # the attention output's bias, per block
@@ -216,7 +218,7 @@ class FusedDenoiser(nn.Module):
         """Same signature and result as `Denoiser.forward`: `[N, n_pre, D]` ... -> `[N, T, D]`."""
         coeffs = self.transformer(x_t, self.embedding(t, y_cond, keep_cond))  # [N, n, D]
         with torch.autocast(x_t.device.type, enabled=False):  # the DCT arithmetic in float32, as in the reference
-            full = self.lift @ torch.cat([history.float(), coeffs.float()], dim=1)  # [N, r, D]
+            full = self.into_refiner @ torch.cat([history.float(), coeffs.float()], dim=1)  # [N, r, D]
         refined = self.gcn(full.transpose(1, 2)).transpose(1, 2)  # [N, r, D] float32
         with torch.autocast(x_t.device.type, enabled=False):
             return self.den.idct[:, : refined.shape[1]] @ refined  # [N, T, D]
