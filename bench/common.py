@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,14 +19,38 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def machine() -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine()}
+            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     gpus=torch.cuda.device_count(), cuda=torch.version.cuda)
     return info
+
+
+def commit() -> str:
+    """The commit measured: `git describe` of the checkout (`+changes` when the tree differs from it), or
+    `SPARD_COMMIT` where the tree travels without its .git folder."""
+    if os.environ.get("SPARD_COMMIT"):
+        return os.environ["SPARD_COMMIT"]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def sync(device) -> None:
@@ -90,7 +115,8 @@ def matmul_peak_tflops(device, dtype=torch.bfloat16, n: int = 8192) -> float:
 def write(name: str, result: dict, out: str | None = None) -> Path:
     path = Path(out) if out else Path(__file__).resolve().parent / "results" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": name, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **result}
+    result = {"benchmark": name, "commit": commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), **result}
     path.write_text(json.dumps(result, indent=1))
     if os.environ.get("OUT"):  # the GPU machine's output folder
         Path(os.environ["OUT"], path.name).write_text(json.dumps(result, indent=1))

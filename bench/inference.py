@@ -25,7 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from common import matmul_peak_tflops, table, time_fn, write
 from spard import checkpoints, kernels, samplers
 from spard.config import preset
-from spard.fast import GraphedSampler
+from spard.fast import GraphedSampler, unfuse
+from spard.samplers import SamplerOptions
 from spard.model import SPARD
 
 EVALS = {"np": 1, "onestep": 1, "ddim": 10}  # network evaluations per sample
@@ -33,7 +34,7 @@ EVALS = {"np": 1, "onestep": 1, "ddim": 10}  # network evaluations per sample
 
 def flops_per_sample(model: SPARD, sampler: str) -> float:
     """FLOPs of one sample: counted on a batch of 50 samples of one history, divided by 50."""
-    history = torch.randn(1, model.t_his, model.cfg.denoiser.input_feats, device=model.sqrt_etas.device)
+    history = torch.randn(1, model.t_his, model.dim, device=model.sqrt_etas.device)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         samplers.get_sampler(sampler)(model, history, 50)
@@ -79,10 +80,11 @@ def main() -> None:
                     continue  # ten evaluations of twice the batch: seconds per call at large batches
                 if variant.startswith("compiled") and str(b) not in args.compiled_batches.split(","):
                     continue
-                history = torch.randn(b, model.t_his, model.cfg.denoiser.input_feats, device=device)
+                history = torch.randn(b, model.t_his, model.dim, device=device)
                 torch._dynamo.reset()  # compile each variant afresh (compiler settings are not part of the cache key)
                 started = time.perf_counter()
                 if variant == "eager-fp32":
+                    unfuse(model)
                     fn = lambda: samplers.get_sampler(sampler)(model, history, k)
                 else:
                     compiled = variant.startswith("compiled")
@@ -92,8 +94,8 @@ def main() -> None:
                     pdl = torch._inductor.config.patch({"triton.enable_pdl": True}) if "pdl" in flags else nullcontext()
                     kernels.PDL = "nopdl" not in flags
                     with pdl:
-                        fast = GraphedSampler(model, sampler, b, k, precision=precision, compile=compiled,
-                                              fuse=compiled and "unfused" not in flags,
+                        fast = GraphedSampler(model, SamplerOptions(sampler, k), b, precision=precision,
+                                              compile=compiled, fused=compiled and "unfused" not in flags,
                                               freeze=compiled and "unfused" not in flags, compile_mode=mode)
                     fn = lambda: fast(history)
                 kernels.PDL = True

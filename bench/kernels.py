@@ -18,6 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 from common import table, time_fn, write
 from spard.config import preset
 from spard.fast import GraphedSampler
+from spard.samplers import SamplerOptions
 from spard.model import SPARD
 
 KINDS = [("GCN layers (spard.kernels)", ("_graph_conv_kernel",)),
@@ -46,12 +47,13 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     model = SPARD(preset("h36m")).cuda().eval()
-    history = torch.randn(args.batch, model.t_his, model.cfg.denoiser.input_feats, device="cuda")
-    build = dict(precision=args.precision, fuse=not args.unfused, freeze=not args.unfused, compile_mode=args.mode)
-    graphed = GraphedSampler(model, args.sampler, args.batch, args.samples, **build)
+    history = torch.randn(args.batch, model.t_his, model.dim, device="cuda")
+    build = dict(precision=args.precision, fused=not args.unfused, freeze=not args.unfused, compile_mode=args.mode)
+    options = SamplerOptions(args.sampler, args.samples)
+    graphed = GraphedSampler(model, options, args.batch, **build)
     replay_ms = time_fn(lambda: graphed(history), "cuda")["median_ms"]
     graphed = None
-    plain = GraphedSampler(model, args.sampler, args.batch, args.samples, graph=False, **build)
+    plain = GraphedSampler(model, options, args.batch, graph=False, **build)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         plain(history)
         torch.cuda.synchronize()

@@ -22,7 +22,7 @@ from spard.model import SPARD
 
 
 def torch_latency(model: SPARD, sampler: str, repeats: int) -> float:
-    history = torch.randn(1, model.t_his, model.cfg.denoiser.input_feats)
+    history = torch.randn(1, model.t_his, model.dim)
     run = lambda: samplers.get_sampler(sampler)(model, history, 50, generator=torch.Generator().manual_seed(0))
     run()
     times = []

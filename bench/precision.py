@@ -1,5 +1,5 @@
 """Accuracy of half-precision inference: the metrics of each sampler in float32 (the reference
-model) against the fast path's arithmetic (`spard.fast.fused`: Triton kernels, half-precision
+model) against the fast path's arithmetic (`spard.fast.fuse`: Triton kernels, half-precision
 residual streams) under bf16 and fp16 autocast, and the reference model under bf16 autocast.
 
     python bench/precision.py --ckpt results/.../np/np_ckpt.pt --data_dir <cmu_h36m> --device cuda
@@ -18,7 +18,8 @@ from common import table, write
 from spard import checkpoints
 from spard.data import load_dataset
 from spard.evaluate import evaluate, make_protocol
-from spard.fast import fused
+from spard.fast import fuse, unfuse
+from spard.samplers import SamplerOptions
 
 VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", True), "fp16": ("fp16", True), "bf16-unfused": ("bf16", False)}
 
@@ -43,10 +44,9 @@ def main() -> None:
         runs.append(("ddim", checkpoints.load_model(args.base_ckpt)[0].to(args.device)))
     rows = []
     for sampler, m in runs:
-        fast = fused(m)
-        result = {name: evaluate(fast if fuse else m, protocol, sampler, batch_size=args.batch_size, progress=False,
-                                 precision=prec)
-                  for name, (prec, fuse) in VARIANTS.items()}
+        result = {name: evaluate(fuse(m) if fused else unfuse(m), protocol, SamplerOptions(sampler),
+                                 batch_size=args.batch_size, progress=False, precision=prec)
+                  for name, (prec, fused) in VARIANTS.items()}
         for metric in ("ADE", "FDE", "MMADE", "MMFDE", "APD"):
             a = result["fp32"][metric]
             row = {"sampler": sampler, "metric": metric, "fp32": round(a, 5)}

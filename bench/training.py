@@ -125,7 +125,7 @@ def main() -> None:
     if args.small:
         cfg = dataclasses.replace(cfg, denoiser=dataclasses.replace(cfg.denoiser, latent_dim=32, ff_size=64,
                                   num_layers=2, num_heads=2, gcn_hidden=16, gcn_layers=1),
-                                  noise_predictor=dataclasses.replace(cfg.noise_predictor, hidden=16, layers=1)).synced()
+                                  noise_predictor=dataclasses.replace(cfg.noise_predictor, hidden=16, layers=1))
     dataset = load_dataset(cfg.data)
     log = make_logger(None, quiet=True)
     rows = []
@@ -133,10 +133,10 @@ def main() -> None:
     variants = [v for v in args.variants.split(",") if world == 1 or v != "reference"]
     for stage in args.stages.split(","):
         for variant in variants:
-            amp = "bf16" if "bf16" in variant else "none"
+            precision = "bf16" if "bf16" in variant else "fp32" if variant == "reference" else "tf32"
             mode = {"graphs": "reduce-overhead", "compile": "default", "stepgraph": "step-graph"}.get(
                 variant.rsplit("-", 1)[-1], "none")
-            tc = dataclasses.replace(cfg.train, amp=amp, tf32=variant != "reference", compile=mode)
+            tc = dataclasses.replace(cfg.train, precision=precision, compile=mode)
             run_cfg = dataclasses.replace(cfg, train=tc)
             torch.manual_seed(0)
             model = SPARD(run_cfg)

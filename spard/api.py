@@ -15,7 +15,8 @@ import torch
 from .checkpoints import load_model
 from .model import SPARD
 from .runs import find_checkpoint
-from .samplers import STAGE_SAMPLER, get_sampler
+from .samplers import get_sampler
+from .stages import STAGES
 
 
 def _is_int(value) -> bool:
@@ -34,7 +35,7 @@ class Predictor:
     def __init__(self, model: SPARD, stage: str, sampler: str | None = None):
         self.model = model.eval()
         self.stage = stage
-        self.sampler = sampler or STAGE_SAMPLER[stage]
+        self.sampler = sampler or STAGES[stage].sampler
         get_sampler(self.sampler)
         if self.sampler == "np" and stage != "np":
             raise ValueError(f"a '{stage}' checkpoint has no trained noise predictor; use sampler 'ddim' or 'onestep'")

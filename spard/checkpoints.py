@@ -22,9 +22,9 @@ from torch import nn
 
 from .config import Config
 from .model import SPARD
+from .stages import STAGES, holding
 
 FORMAT_VERSION = 1
-STAGES = ("base", "distill", "np")
 PUBLISHED_DENOISER_PREFIX = "denoise_motion_transformer."
 
 
@@ -98,7 +98,7 @@ def dataset_signature(cfg: Config) -> dict:
 def save_checkpoint(path, model: SPARD, stage: str, *, epoch: int = 0, optimizer=None, scheduler=None,
                     rng: dict | None = None, extra: dict | None = None) -> None:
     if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     state = {
         "format_version": FORMAT_VERSION,
         "stage": stage,
@@ -149,7 +149,7 @@ def check_compatible(ckpt: dict, cfg: Config, path, want_stages: tuple[str, ...]
                                   f"{key}={ours[key]!r}; use a checkpoint of this dataset/setting")
 
 
-def load_model(path, cfg: Config | None = None, *, stages: tuple[str, ...] = STAGES, map_location="cpu") -> tuple[SPARD, dict]:
+def load_model(path, cfg: Config | None = None, *, stages: tuple[str, ...] = tuple(STAGES), map_location="cpu") -> tuple[SPARD, dict]:
     """A model from a checkpoint of ours; its own config unless `cfg` is given (then checked against it)."""
     ckpt = read_file(path, map_location)
     if not is_ours(ckpt):
@@ -159,6 +159,11 @@ def load_model(path, cfg: Config | None = None, *, stages: tuple[str, ...] = STA
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}: it is an incomplete spard checkpoint; "
                               f"use an intact copy or retrain")
+    kinds = {"stage": str, "config": dict, "dataset": dict, "model": dict, "format_version": int}
+    wrong = [key for key, kind in kinds.items() if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool)]
+    if wrong:
+        raise CheckpointError(f"{path}: {wrong[0]} is a {type(ckpt[wrong[0]]).__name__}, not a "
+                              f"{kinds[wrong[0]].__name__}: the checkpoint is damaged; use an intact copy or retrain")
     try:
         saved = Config.from_dict(ckpt["config"])
     except (TypeError, ValueError, AttributeError) as e:
@@ -176,6 +181,7 @@ def load_model(path, cfg: Config | None = None, *, stages: tuple[str, ...] = STA
 
 def load_state(module: nn.Module, state: dict, what: str) -> None:
     """Strict `load_state_dict` whose failure is one line naming the first offending key."""
+    _check_tensors(state, what)
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -190,6 +196,16 @@ def load_state(module: nn.Module, state: dict, what: str) -> None:
     module.load_state_dict(state)
 
 
+def _check_tensors(state, what: str) -> None:
+    """One line unless `state` is a mapping of names to tensors."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{what}: the weights are a {type(state).__name__}, not a state dict of tensors")
+    bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise CheckpointError(f"{what}: entry {str(bad)[:80]!r} is a {type(state[bad]).__name__}, not a tensor; "
+                              f"the file is not a state dict of this model")
+
+
 # ---------------------------------------------------------------------------------------------
 # the published layout
 
@@ -200,6 +216,7 @@ def config_from_published(denoiser_state: dict, base: Config) -> Config:
     number of heads and t_his are not in the weights and come from `base` (the dataset preset).
     """
     p = PUBLISHED_DENOISER_PREFIX
+    _check_tensors(denoiser_state, "published SPARD weights")
     try:
         latent, d = denoiser_state[p + "joint_embed.weight"].shape
         n_pre = denoiser_state[p + "sequence_embedding"].shape[0]
@@ -207,22 +224,33 @@ def config_from_published(denoiser_state: dict, base: Config) -> Config:
         refine_n, gcn_hidden = denoiser_state[p + "gcn.gc1.weight"].shape
     except KeyError as e:
         raise CheckpointError(f"not a published SPARD state dict: key {e.args[0]!r} is missing") from None
+    except (ValueError, IndexError):
+        raise CheckpointError("not a published SPARD state dict: its embedding or refiner weights have the wrong "
+                              "number of dimensions") from None
     layers = len({k.split(".")[2] for k in denoiser_state if k.startswith(p + "temporal_decoder_blocks.")})
     gcn_layers = len({k.split(".")[3] for k in denoiser_state if k.startswith(p + "gcn.gcbs.")})
     if d != base.data.dim:
         raise CheckpointError(f"the published weights are for D={d} ({d // 3} joints) but cfg "
                               f"'{base.data.name}' has D={base.data.dim}; pass the matching --cfg")
     den = dataclasses.replace(base.denoiser, latent_dim=latent, ff_size=ff, num_layers=layers, n_pre=n_pre,
-                              refine_n_pre=refine_n, gcn_hidden=gcn_hidden, gcn_layers=gcn_layers)
-    return dataclasses.replace(base, denoiser=den).synced()
+                              refine_n_pre=None if refine_n == base.data.t_total else refine_n,
+                              gcn_hidden=gcn_hidden, gcn_layers=gcn_layers)
+    return dataclasses.replace(base, denoiser=den)
 
 
 def noise_predictor_config_from_published(np_state: dict, base: Config) -> Config:
+    _check_tensors(np_state, "published noise-predictor weights")
     try:
         n_pre, hidden = np_state["model.gc1.weight"].shape
         out = np_state["model.gc7.weight"].shape[1]
     except KeyError as e:
         raise CheckpointError(f"not a published noise-predictor state dict: key {e.args[0]!r} is missing") from None
+    except (ValueError, IndexError):
+        raise CheckpointError("not a published noise-predictor state dict: its GCN weights have the wrong number of "
+                              "dimensions") from None
+    if n_pre < 1 or out % n_pre:
+        raise CheckpointError(f"not a published noise-predictor state dict: {out} outputs are not K maps of "
+                              f"{n_pre} coefficients")
     layers = len({k.split(".")[2] for k in np_state if k.startswith("model.gcbs.")})
     npc = dataclasses.replace(base.noise_predictor, hidden=hidden, layers=layers, k=out // n_pre)
     return dataclasses.replace(base, noise_predictor=npc)
@@ -249,3 +277,50 @@ def to_published(model: SPARD) -> tuple[dict, dict]:
     den = {PUBLISHED_DENOISER_PREFIX + k: v.detach().clone() for k, v in model.denoiser.state_dict().items()}
     npr = {k: v.detach().clone() for k, v in model.noise_predictor.state_dict().items()}
     return den, npr
+
+
+# ---------------------------------------------------------------------------------------------
+# the model a command needs, from our checkpoints or published state dicts
+
+def load_stage_model(cfg: Config, need: str, paths: dict[str, str]) -> SPARD:
+    """The result of stage `need` (or of a later stage, which holds it too), from the file its flag
+    names: `paths` maps each stage to a path (empty: not given). Ours or published state dicts; a
+    published noise predictor needs the distilled model beside it."""
+    wanted = STAGES[need]
+
+    def model_from(stage: str) -> SPARD:
+        """A SPARD model (our checkpoint of `stage` or a later stage, or published SPARD weights)."""
+        flag, path = STAGES[stage].ckpt_flag, paths.get(stage, "")
+        if not path:
+            raise CheckpointError(f"{flag} is required here: give the checkpoint written by --mode {STAGES[stage].mode}")
+        obj = read_file(path)
+        kind = kind_of(obj)
+        if kind == "ours":
+            return load_model(path, cfg, stages=holding(stage))[0]
+        if kind == "published-denoiser":
+            return from_published(cfg, obj)
+        if kind == "published-np":
+            raise CheckpointError(f"{path} holds only a noise predictor; {flag} needs a SPARD model checkpoint")
+        raise CheckpointError(f"{path} is neither a spard checkpoint nor a published SPARD state dict")
+
+    if wanted.trains != "noise_predictor":
+        return model_from(need)
+    path = paths.get(need, "")
+    if not path:
+        raise CheckpointError(f"{wanted.ckpt_flag} is required here: give the checkpoint written by --mode {wanted.mode}")
+    obj = read_file(path)
+    kind = kind_of(obj)
+    if kind == "ours":
+        model = load_model(path, cfg, stages=(need,))[0]
+        if paths.get(wanted.previous.name):  # the distilled weights given explicitly win
+            other = model_from(wanted.previous.name)
+            load_state(model.denoiser, other.denoiser.state_dict(), paths[wanted.previous.name])
+        return model
+    if kind == "published-np":
+        distilled = model_from(wanted.previous.name)
+        full = SPARD(noise_predictor_config_from_published(obj, distilled.cfg))
+        full.denoiser.load_state_dict(distilled.denoiser.state_dict())
+        load_state(full.noise_predictor, obj, path)
+        return full
+    raise CheckpointError(f"{path} is a {kind} checkpoint, not a noise predictor (is it the base or distilled "
+                          f"model? pass that one as --ckpt or --distill_ckpt)")

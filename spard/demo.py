@@ -8,9 +8,10 @@ three samplers and the zero-velocity baseline on the test windows, and writes to
     losses.png         training and validation losses of the three stages
     train/ distill/ np/    the stage results (`np/np_ckpt.pt` is what `spard.Predictor` loads) and run folders
 
-Reruns: every run trains afresh into new run folders (`<stage>/runs/NNN/`, earlier ones stay) and
-replaces the stage results after saying so; `--reuse` evaluates the stage results already there
-instead (a missing stage, and every stage after it, is trained). An earlier report and its pictures
+Reruns: with `--overwrite` a rerun trains afresh into new run folders (`<stage>/runs/NNN/`, earlier
+ones stay) and replaces the stage results; `--reuse` evaluates the stage results already there
+instead (a missing stage, and every stage after it, is trained); without either, a rerun over
+earlier results stops and changes nothing. An earlier report and its pictures
 are kept as `report-<time>.md`, `predictions-<time>.gif`, `losses-<time>.png`.
 """
 from __future__ import annotations
@@ -23,31 +24,30 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-STAGES = ("base", "distill", "np")
-STAGE_TITLE = {"base": "stage 1: base diffusion (best of h)", "distill": "stage 2: distilled one-step",
-               "np": "stage 3: noise predictor (best of K)"}
+from .arguments import Parser, UsageError, positive
+from .stages import STAGES
+
 EPOCHS = {"base": 15, "distill": 5, "np": 2}  # with the deepmimic preset: ~6 min on one CPU thread
 OUTPUTS = ("report.md", "predictions.gif", "predictions.mp4", "losses.png")
 
 
 def parser() -> argparse.ArgumentParser:
-    from .cli import _Parser, _positive
-
-    p = _Parser(prog="spard demo", description="SPARD end to end on the embedded DeepMimic clips: train the three "
+    p = Parser(prog="spard demo", description="SPARD end to end on the embedded DeepMimic clips: train the three "
                 "stages, evaluate the three samplers and the zero-velocity baseline, and write report.md, "
                 "predictions.gif and losses.png to --out_dir (about 6 minutes on 2 CPU cores).",
                 epilog="Reruns: " + __doc__.split("Reruns: ")[1].replace("\n", " ").replace("    ", " "))
     p.add_argument("--out_dir", default="results/demo", help="where everything is written (default results/demo)")
     p.add_argument("--device", default="auto", help="torch device (default: cuda:0 when there is one, else cpu)")
-    p.add_argument("--threads", type=_positive(int), default=1,
+    p.add_argument("--threads", type=positive(int), default=1,
                    help="CPU threads of torch (default 1: on an idle 2-core machine a second thread makes the demo "
                         "1.7x faster, on a busy one many times slower; try 2 when nothing else runs)")
     p.add_argument("--epochs", default=None,
                    help=f"epochs of the base, distill and np stages (default {','.join(map(str, EPOCHS.values()))})")
     p.add_argument("--reuse", action="store_true",
                    help="evaluate the stage results already in --out_dir; train only the missing ones")
-    p.add_argument("--gif_windows", type=_positive(int), default=4, help="test windows (different actions) in the GIF")
-    p.add_argument("--gif_futures", type=_positive(int), default=4, help="np futures per window in the GIF")
+    p.add_argument("--overwrite", action="store_true", help="retrain and replace stage results already in --out_dir")
+    p.add_argument("--gif_windows", type=positive(int), default=4, help="test windows (different actions) in the GIF")
+    p.add_argument("--gif_futures", type=positive(int), default=4, help="np futures per window in the GIF")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -57,8 +57,6 @@ def parser() -> argparse.ArgumentParser:
 
 def demo_epochs(text: str | None) -> dict[str, int]:
     """Epochs per stage: `--epochs B,D,N`, else EPOCHS."""
-    from .cli import UsageError
-
     if text is None:
         return dict(EPOCHS)
     try:
@@ -78,34 +76,37 @@ def stage_config(cfg, epochs: int):
 
 def train_stage(stage: str, cfg, model, dataset, out_dir: Path, device, progress: bool) -> Path:
     """One stage in a new run folder; its selected weights replace `<out_dir>/<stage folder>/<ckpt>`."""
-    from .runs import make_folder, make_logger, open_run
+    from .runs import StageLock, make_folder, make_logger, open_run
     from .train import Trainer
 
-    run_dir, _ = open_run(out_dir, stage, resume=False, overwrite=True)
-    make_folder(run_dir)
-    log = make_logger(run_dir)
-    trainer = Trainer(cfg, stage, model, dataset, run_dir, out_dir, device, log, progress=progress)
-    path = trainer.fit()
-    for handler in log.handlers:
-        handler.close()
+    make_folder(out_dir / STAGES[stage].folder)
+    with StageLock(out_dir / STAGES[stage].folder):
+        run_dir, _ = open_run(out_dir, stage, resume=False, overwrite=True)
+        make_folder(run_dir)
+        log = make_logger(run_dir)
+        trainer = Trainer(cfg, stage, model, dataset, run_dir, out_dir, device, log, progress=progress, overwrite=True)
+        path = trainer.fit()
+        for handler in log.handlers:
+            handler.close()
     return path
 
 
 def stage_models(cfg, epochs: dict, dataset, out_dir: Path, device, reuse: bool, progress: bool) -> tuple[dict, dict]:
     """The three stage results, trained here or reused: `({stage: (model, ckpt)}, {stage: train seconds})`."""
     from .checkpoints import load_model
-    from .model import SPARD
     from .runs import result_path
 
     models, seconds, retrain = {}, {}, not reuse
-    for i, stage in enumerate(STAGES):
+    for stage in STAGES:
         path = result_path(out_dir, stage)
         scfg = stage_config(cfg, epochs[stage])
         if retrain or not path.is_file():
             retrain = True  # later stages start from this one
-            print(f"\n== {STAGE_TITLE[stage]}: {epochs[stage]} epochs", flush=True)
+            print(f"\n== {STAGES[stage].title}: {epochs[stage]} epochs", flush=True)
             start = time.time()
-            model = SPARD(scfg) if stage == "base" else load_model(result_path(out_dir, STAGES[i - 1]), scfg)[0]
+            previous = STAGES[stage].previous
+            before = load_model(result_path(out_dir, previous.name), scfg)[0] if previous else None
+            model = STAGES[stage].start(before, scfg)
             train_stage(stage, scfg, model, dataset, out_dir, device, progress)
             seconds[stage] = time.time() - start
         else:
@@ -118,17 +119,15 @@ def stage_models(cfg, epochs: dict, dataset, out_dir: Path, device, reuse: bool,
 def evaluate_all(models: dict, dataset, cfg, device, progress: bool) -> dict[str, dict]:
     """Metrics of the three samplers and the zero-velocity baseline on the test windows."""
     from .evaluate import evaluate, make_protocol
-    from .samplers import STAGE_SAMPLER
+    from .samplers import SamplerOptions
 
     protocol = make_protocol(dataset, cfg.data.t_his, cfg.data.multimodal_threshold, device=device)
     tc = cfg.train
     rows = {}
-    for stage in STAGES:
-        sampler = STAGE_SAMPLER[stage]
-        options = {"guidance": tc.mod_test} if sampler == "ddim" else {}
-        rows[sampler] = evaluate(models[stage][0], protocol, sampler, num_samples=tc.num_samples,
-                                 batch_size=tc.eval_batch_size, seed=tc.seed, progress=progress, **options)
-    rows["zero_velocity"] = evaluate(models["np"][0], protocol, "zero_velocity", num_samples=1,
+    for stage in STAGES.values():
+        rows[stage.sampler] = evaluate(models[stage.name][0], protocol, SamplerOptions.from_config(cfg, stage.sampler),
+                                       batch_size=tc.eval_batch_size, seed=tc.seed, progress=progress)
+    rows["zero_velocity"] = evaluate(models["np"][0], protocol, SamplerOptions("zero_velocity", 1),
                                      batch_size=tc.eval_batch_size, seed=tc.seed, progress=False)
     return rows
 
@@ -165,7 +164,7 @@ def plot_losses(models: dict, path: Path) -> Path:
         records = [json.loads(line) for line in history.read_text().splitlines()] if history.is_file() else []
         for key, style in (("train_loss", "-o"), ("val_loss", "--s")):
             ax.plot([r["epoch"] for r in records], [r[key] for r in records], style, ms=3, label=key.replace("_", " "))
-        ax.set_title(STAGE_TITLE[stage], fontsize=10)
+        ax.set_title(STAGES[stage].title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -239,7 +238,7 @@ def write_report(path: Path, *, rows, dataset, epochs, models, seconds, device, 
         f"predictor: {np_params:,} parameters, K = {cfg.noise_predictor.k}",
         "- stages: " + "; ".join(stage_line(s, models[s][1], epochs, seconds) for s in STAGES),
         f"- training: batch {tc.batch_size}, lr {tc.lr:g} (x{tc.gamma:g} at epochs {list(tc.milestones)}), "
-        f"best of h = {tc.div_k}, {tc.loss} loss; ddim: {cfg.diffusion.sample_steps} steps, guidance {tc.mod_test}",
+        f"best of h = {tc.div_k}, {tc.loss} loss; ddim: {cfg.diffusion.sample_steps} steps, guidance {cfg.diffusion.guidance}",
         f"- software: torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}",
         "", "## Files", "",
         "- `predictions.gif`: history (grey), then the ground truth and np futures, for test windows of "
@@ -263,7 +262,7 @@ def run(args) -> dict:
     import torch
 
     from .api import Predictor
-    from .cli import resolve_device, seed_everything
+    from .arguments import resolve_device, seed_everything
     from .config import preset
     from .data import load_dataset
     from .render import pick_windows, render_windows
@@ -278,10 +277,12 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     check_writable(out_dir)
     earlier = [result_path(out_dir, s) for s in STAGES if result_path(out_dir, s).is_file()]
+    if earlier and not (args.reuse or args.overwrite):
+        raise UsageError(f"{out_dir} holds stage results of an earlier run ({', '.join(str(p.relative_to(out_dir)) for p in earlier)}): "
+                         f"pass --overwrite to retrain and replace them, --reuse to evaluate them, or another --out_dir")
     if earlier and not args.reuse:
         print(f"{out_dir} holds stage results of an earlier run: this demo retrains and replaces "
-              f"{', '.join(str(p.relative_to(out_dir)) for p in earlier)} (their run folders stay under runs/; "
-              f"pass --reuse to evaluate them instead)")
+              f"{', '.join(str(p.relative_to(out_dir)) for p in earlier)} (their run folders stay under runs/)")
     if (out_dir / "report.md").is_file():
         print(f"the earlier {out_dir / 'report.md'} will be kept under a time-stamped name")
     seed_everything(cfg.train.seed)

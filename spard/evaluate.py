@@ -17,11 +17,12 @@ from tqdm import tqdm
 from . import distributed as dist
 from . import metrics
 from .data.dataset import Dataset
-from .fast import autocast, float32_products
 from .model import SPARD, to_model_space
-from .samplers import get_sampler
+from .precision import autocast, float32_products
+from .samplers import SamplerOptions
 
 METRIC_ORDER = ("APD", "APDE", "ADE", "FDE", "MMADE", "MMFDE", "FID", "CMD")
+WINDOW_METRICS = ("APD", "APDE", "ADE", "FDE", "MMADE", "MMFDE")  # averaged over windows (the others: over sets)
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Protocol:
     gt_apd: torch.Tensor  # [N] APDE reference (0: no reference)
     cmd_reference: torch.Tensor  # [C] m/frame, NaN: none
     t_his: int
+    classes: list[str]  # class names (id = index)
     fid_classifier: metrics.ClassifierForFID | None = None
 
     def __len__(self) -> int:
@@ -63,7 +65,8 @@ def make_protocol(dataset: Dataset, t_his: int, threshold: float, *, split: str 
         reference = torch.as_tensor(dataset.cmd_reference, dtype=torch.float64)
     else:
         reference = metrics.cmd_reference_from_gt(windows[:, t_his:], labels, len(dataset.classes))
-    return Protocol(windows, labels, gt_multi, gt_apd.to(device), reference, t_his, fid_classifier)
+    return Protocol(windows, labels, gt_multi, gt_apd.to(device), reference, t_his, list(dataset.classes),
+                    fid_classifier)
 
 
 def _block_noise_generator(seed: int, block: int, device) -> torch.Generator:
@@ -71,15 +74,15 @@ def _block_noise_generator(seed: int, block: int, device) -> torch.Generator:
 
 
 @torch.no_grad()
-def evaluate(model: SPARD, protocol: Protocol, sampler: str, *, num_samples: int = 50, batch_size: int = 16,
-             seed: int = 0, progress: bool = True, precision: str = "fp32", **sampler_options) -> dict:
-    """Metrics of `sampler` on the protocol's windows, averaged the published way (formats.md section 4).
+def evaluate(model: SPARD, protocol: Protocol, options: SamplerOptions, *, batch_size: int = 16, seed: int = 0,
+             progress: bool = True, precision: str = "fp32") -> dict:
+    """Metrics of the sampler `options` names on the protocol's windows, averaged the published way
+    (formats.md section 4).
 
-    `precision` 'bf16' or 'fp16' runs the sampler under that autocast, its float32 products in TF32
-    (`spard.fast.float32_products`); the metrics stay in float32.
+    `precision` (`spard.precision`) 'bf16' or 'fp16' runs the sampler under that autocast, its float32
+    products in TF32; the metrics stay in float32.
     Returns the eight metrics (FID None without a classifier) plus `seconds_per_window`.
     """
-    sample = get_sampler(sampler)
     model.eval()
     device = protocol.windows.device
     t_his = protocol.t_his
@@ -87,8 +90,8 @@ def evaluate(model: SPARD, protocol: Protocol, sampler: str, *, num_samples: int
     mine = blocks[dist.rank()::dist.world_size()]
     meter = metrics.MetricMeter()
     motion, pred_features, gt_features = [], [], []
-    elapsed = 0.0
-    for block in tqdm(mine, desc=f"eval {sampler}", unit="batch", disable=not (progress and dist.is_main())):
+    elapsed, broken = 0.0, 0
+    for block in tqdm(mine, desc=f"eval {options.name}", unit="batch", disable=not (progress and dist.is_main())):
         index = torch.arange(block * batch_size, min((block + 1) * batch_size, len(protocol)))
         traj = protocol.windows[index]  # [B, T, D]
         gt = traj[:, t_his:]
@@ -96,11 +99,12 @@ def evaluate(model: SPARD, protocol: Protocol, sampler: str, *, num_samples: int
             torch.cuda.synchronize()
         start = time.perf_counter()
         with autocast(precision, device.type), float32_products(precision):
-            pred = sample(model, traj[:, :t_his], num_samples, generator=_block_noise_generator(seed, block, device),
-                          **sampler_options)[:, :, t_his:].float()  # [B, S, t_pred, D]
+            pred = options.sample(model, traj[:, :t_his], generator=_block_noise_generator(seed, block, device))
+            pred = pred[:, :, t_his:].float()  # [B, S, t_pred, D]
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed += time.perf_counter() - start
+        broken += int((~torch.isfinite(pred.flatten(1))).any(1).sum())
         gt_multi = [protocol.gt_multi[i] for i in index.tolist()]
         apd = metrics.apd(pred)
         meter.update(index=index.double(), APD=apd, ADE=metrics.ade(pred, gt), FDE=metrics.fde(pred, gt),
@@ -111,28 +115,65 @@ def evaluate(model: SPARD, protocol: Protocol, sampler: str, *, num_samples: int
             pred_features.append(protocol.fid_classifier.features(pred.flatten(0, 1)).cpu())
             gt_features.append(protocol.fid_classifier.features(gt).cpu())
 
-    gathered = dist.gather_objects((meter.state(), motion, pred_features, gt_features, elapsed))
+    gathered = dist.gather_objects((meter.state(), motion, pred_features, gt_features, elapsed, broken))
+    broken = sum(g[-1] for g in gathered)
+    if broken:
+        raise ValueError(f"{broken} of {len(protocol)} windows got non-finite (NaN or inf) futures from the "
+                         f"{options.name} sampler: the model is broken (did its training diverge?); no metric computed")
     total = metrics.MetricMeter()
     all_motion, all_pred_f, all_gt_f = [], [], []
-    for state, m, pf, gf, _ in gathered:
+    for state, m, pf, gf, _, _ in gathered:
         if state:
             total.merge(state)
         all_motion += m
         all_pred_f += pf
         all_gt_f += gf
-    result = {name: total.mean(name) for name in ("APD", "APDE", "ADE", "FDE", "MMADE", "MMFDE")}
+    result = {name: _mean(total.values(name)) for name in WINDOW_METRICS}
     # motion rows follow the merged per-window values, so the labels come from the same index list
     labels = protocol.labels[total.values("index").long()]
-    result["CMD"] = metrics.cmd(torch.cat(all_motion), labels, protocol.cmd_reference)
+    motion = torch.cat(all_motion)
+    cmd = metrics.cmd(motion, labels, protocol.cmd_reference)
+    result["CMD"] = None if math.isnan(cmd) else cmd  # n/a without a reference
     result["FID"] = metrics.fid(torch.cat(all_gt_f), torch.cat(all_pred_f)) if all_pred_f else None
-    result["seconds_per_window"] = sum(g[-1] for g in gathered) / len(protocol)
-    return {name: result[name] for name in METRIC_ORDER + ("seconds_per_window",)}
+    result["seconds_per_window"] = sum(g[-2] for g in gathered) / len(protocol)
+    out = {name: result[name] for name in METRIC_ORDER + ("seconds_per_window",)}
+    out["per_class"] = _per_class(total, labels, motion, protocol)
+    return out
+
+
+def _mean(values: torch.Tensor) -> float | None:
+    """The published average (NaN and exact zeros left out); None (n/a) when no window counts."""
+    return metrics.published_mean(values) if torch.count_nonzero(torch.nan_to_num(values)) else None
+
+
+def _per_class(total: metrics.MetricMeter, labels: torch.Tensor, motion: torch.Tensor, protocol: Protocol) -> dict:
+    """`{class: {windows, APD, ..., CMD}}` for every class with test windows (CMD: that class's own term)."""
+    out = {}
+    for c, name in enumerate(protocol.classes):
+        members = labels == c
+        if not members.any():
+            continue
+        row = {"windows": int(members.sum())}
+        row.update({m: _mean(total.values(m)[members]) for m in WINDOW_METRICS})
+        cmd = metrics.cmd(motion[members], torch.zeros(int(members.sum()), dtype=torch.long),
+                          protocol.cmd_reference[c:c + 1])
+        row["CMD"] = None if math.isnan(cmd) else cmd
+        out[name] = row
+    return out
 
 
 def format_metrics(result: dict) -> str:
-    """The published print-out: eight lines `NAME  : (value)`, FID as n/a when not available."""
+    """The published print-out: eight lines `NAME  : (value)` (n/a when not available), then a table per class."""
     lines = []
     for name in METRIC_ORDER:
         value = result.get(name)
         lines.append(f"{name:<6}: " + ("(n/a)" if value is None else f"({value:.4f})"))
+    rows = result.get("per_class") or {}
+    if rows:
+        width = max(len("class"), *map(len, rows))
+        columns = WINDOW_METRICS + ("CMD",)
+        lines += ["", f"{'class':<{width}} {'windows':>7} " + " ".join(f"{c:>7}" for c in columns)]
+        for name, row in rows.items():
+            cells = " ".join(f"{'n/a':>7}" if row[c] is None else f"{row[c]:>7.4f}" for c in columns)
+            lines.append(f"{name:<{width}} {row['windows']:>7} {cells}")
     return "\n".join(lines)

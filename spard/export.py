@@ -28,6 +28,7 @@ from torch import nn
 from .model import SPARD
 from .runs import find_checkpoint
 from .samplers import np_sample, onestep
+from .stages import holding
 
 MIN_OPSET = 17
 
@@ -63,21 +64,19 @@ class Spec:
     wrapper: type[nn.Module]
     inputs: tuple[str, ...]
     dynamic_axes: dict
-    stages: tuple[str, ...]  # checkpoints whose weights suit this predictor
 
 
 OUTPUT = "trajectories"
 SPECS = {
-    "np": Spec(NPPredictor, ("history",), {"history": {0: "batch"}, OUTPUT: {0: "batch"}}, ("np",)),
+    "np": Spec(NPPredictor, ("history",), {"history": {0: "batch"}, OUTPUT: {0: "batch"}}),
     "onestep": Spec(OnestepPredictor, ("history", "noise"),
-                    {"history": {0: "batch"}, "noise": {0: "samples", 1: "batch"}, OUTPUT: {0: "batch", 1: "samples"}},
-                    ("distill", "np")),
+                    {"history": {0: "batch"}, "noise": {0: "samples", 1: "batch"}, OUTPUT: {0: "batch", 1: "samples"}}),
 }
 
 
 def example_inputs(model: SPARD, sampler: str, batch: int, samples: int, generator: torch.Generator) -> tuple:
     """Random inputs of a predictor: `(history,)` or `(history, noise)`."""
-    d = model.cfg.denoiser.input_feats
+    d = model.dim
     history = 0.5 * torch.randn(batch, model.t_his, d, generator=generator)  # [B, t_his, D], metres
     if sampler == "np":
         return (history,)
@@ -105,7 +104,7 @@ def _add_metadata(path: Path, model: SPARD, sampler: str) -> None:
     onnx = _require("onnx")
     proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, {
-        "spard.sampler": sampler, "spard.t_his": str(model.t_his), "spard.t_total": str(model.cfg.denoiser.t_total),
+        "spard.sampler": sampler, "spard.t_his": str(model.t_his), "spard.t_total": str(model.cfg.data.t_total),
         "spard.n_pre": str(model.n_pre), "spard.k": str(model.cfg.noise_predictor.k),
         "spard.config": json.dumps(model.cfg.to_dict()),
     })
@@ -171,7 +170,7 @@ def latency(path: str | Path, model: SPARD, sampler: str, *, num_samples: int, r
 # command line
 
 def parser() -> argparse.ArgumentParser:
-    from .cli import _Parser
+    from .arguments import Parser as _Parser
 
     p = _Parser(prog="spard export", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,7 +198,7 @@ def run(args) -> dict:
     samplers = ("np", "onestep") if args.sampler == "both" else (args.sampler,)
     if args.num_samples < 1:
         raise ExportError(f"--num_samples must be >= 1, got {args.num_samples}")
-    stages = tuple(s for s in ("base", "distill", "np") if all(s in SPECS[x].stages for x in samplers))
+    stages = min((holding(x) for x in samplers), key=len)  # checkpoints holding every network needed
     ckpt = find_checkpoint(args.ckpt)
     model = load_model(ckpt, stages=stages)[0].eval()
     out, report = Path(args.out), {}
@@ -226,7 +225,7 @@ def run(args) -> dict:
 
 
 def _signature(model: SPARD, sampler: str) -> str:
-    d, t = model.cfg.denoiser.input_feats, model.cfg.denoiser.t_total
+    d, t = model.dim, model.cfg.data.t_total
     if sampler == "np":
         return f"history [B, {model.t_his}, {d}] -> {OUTPUT} [B, {model.cfg.noise_predictor.k}, {t}, {d}]"
     return f"history [B, {model.t_his}, {d}], noise [S, B, {model.n_pre}, {d}] -> {OUTPUT} [B, S, {t}, {d}]"

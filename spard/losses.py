@@ -1,13 +1,15 @@
-"""The three training losses (method.md section 4), one per stage.
+"""The three training losses (method.md section 4), one per stage, and the random draws each needs.
 
-Each takes the model and a batch of trajectories `traj [B, T, D]` (model space), plus the random
-draws it needs; a draw left as None is taken from `generator`. Returning the per-copy errors next
-to the loss lets tests and logs look inside.
+A loss takes the model, a batch of trajectories `traj [B, T, D]` (model space) and its draws; the
+draws of a batch come from the stage's `*_draws` function (the only place training randomness is
+drawn, from one generator). Returning the per-copy errors next to the loss lets tests and logs look
+inside.
 """
 from __future__ import annotations
 
 import torch
 
+from .config import Config
 from .diffusion import prior_sample, q_sample
 from .model import SPARD
 from .samplers import ddim_loop
@@ -38,24 +40,26 @@ def _copies(x: torch.Tensor, h: int) -> torch.Tensor:
     return x.repeat_interleave(h, dim=0)
 
 
-def base_loss(model: SPARD, traj: torch.Tensor, *, h: int, mod_train: float = 0.5, per_sample_dropout: bool = False,
-              kind: str = "mae", generator: torch.Generator | None = None, t: torch.Tensor | None = None,
-              eps: torch.Tensor | None = None, keep_cond: torch.Tensor | bool | None = None):
+def base_draws(model: SPARD, n: int, generator: torch.Generator, cfg: Config) -> dict:
+    """Stage 1 draws for `n` windows: `t [n]` uniform over all S steps, `eps [n, h, n_pre, D]` standard
+    normal, `keep_cond` `[1]` (one coin for the batch, published) or `[n]` (`per_sample_dropout`),
+    True with probability `mod_train`."""
+    kw = dict(generator=generator, device=generator.device)
+    t = torch.randint(0, len(model.sqrt_etas), (n,), **kw)
+    eps = torch.randn((n, cfg.train.div_k, model.n_pre, model.dim), **kw)
+    coins = torch.rand(n if cfg.train.per_sample_dropout else 1, **kw)
+    return {"t": t, "eps": eps, "keep_cond": coins < cfg.train.mod_train}
+
+
+def base_loss(model: SPARD, traj: torch.Tensor, *, h: int, t: torch.Tensor, eps: torch.Tensor,
+              keep_cond: torch.Tensor | bool, kind: str = "mae"):
     """Stage 1, best of h: each window gets one `t` and `h` noisy copies; L1 of the best copy.
 
-    The condition is kept with probability `mod_train`: one coin for the whole batch (published),
-    or one per window with `per_sample_dropout`. Draws: `t [B]`, `eps [B, h, n_pre, D]`, `keep_cond`.
-    Returns `(loss, err [B, h], pred [B, h, T, D])`.
+    Draws (`base_draws`): `t [B]`, `eps [B, h, n_pre, D]`, `keep_cond` `[1]`, `[B]` or a bool
+    (whether the condition term is kept). Returns `(loss, err [B, h], pred [B, h, T, D])`.
     """
     b, dev = traj.shape[0], traj.device
     x0, y, history = _split(model, traj)
-    if t is None:
-        t = torch.randint(0, len(model.sqrt_etas), (b,), generator=generator, device=dev)
-    if eps is None:
-        eps = torch.randn((b, h) + tuple(x0.shape[1:]), generator=generator, device=dev, dtype=x0.dtype)
-    if keep_cond is None:
-        coins = torch.rand(b if per_sample_dropout else 1, generator=generator, device=dev)
-        keep_cond = coins < mod_train
     if isinstance(keep_cond, bool):
         keep_cond = torch.tensor([keep_cond], device=dev)
     keep = keep_cond.expand(b) if keep_cond.numel() == 1 else keep_cond
@@ -68,9 +72,13 @@ def base_loss(model: SPARD, traj: torch.Tensor, *, h: int, mod_train: float = 0.
     return best_of(err), err, pred
 
 
-def distill_loss(student: SPARD, teacher: SPARD, traj: torch.Tensor, *, guidance: float, kind: str = "mae",
-                 generator: torch.Generator | None = None, eps: torch.Tensor | None = None,
-                 use_condition: bool = True):
+def distill_draws(model: SPARD, n: int, generator: torch.Generator, cfg: Config) -> dict:
+    """Stage 2 draws for `n` windows: the prior's noise `eps [n, n_pre, D]`, standard normal."""
+    return {"eps": torch.randn((n, model.n_pre, model.dim), generator=generator, device=generator.device)}
+
+
+def distill_loss(student: SPARD, teacher: SPARD, traj: torch.Tensor, *, guidance: float, eps: torch.Tensor,
+                 kind: str = "mae", use_condition: bool = True):
     """Stage 2: one student step from the prior against the teacher's guided DDIM from the same `x_T`.
 
     The teacher runs without gradients (callers keep it in eval mode). `eps [B, n_pre, D]`. The
@@ -78,8 +86,6 @@ def distill_loss(student: SPARD, teacher: SPARD, traj: torch.Tensor, *, guidance
     Returns `(loss, student_out [B, T, D], teacher_out [B, T, D])`.
     """
     _, y, history = _split(student, traj)
-    if eps is None:
-        eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
     x_T = prior_sample(y, eps, student.schedule)
     with torch.no_grad():
         # The published code calls `teacher.condition_ddim_p_sample`, which does not exist (it crashes at
@@ -91,17 +97,58 @@ def distill_loss(student: SPARD, teacher: SPARD, traj: torch.Tensor, *, guidance
     return per_window.mean(), out, target
 
 
-def noise_predictor_loss(model: SPARD, traj: torch.Tensor, *, kind: str = "mae"):
-    """Stage 3, min over the K predicted noise maps of the distilled model's one-step error.
+def noise_predictor_draws(model: SPARD, n: int, generator: torch.Generator, cfg: Config) -> dict:
+    """Stage 3 draws: with `--np_noise` > 0, the noise `z [n, K, n_pre, D]` added to the K maps; else none
+    (the published maps are a function of the history)."""
+    npc = cfg.noise_predictor
+    if npc.noise == 0:
+        return {}
+    return {"z": torch.randn((n, npc.k, model.n_pre, model.dim), generator=generator, device=generator.device)}
 
-    The noisy input comes from the true `x0`: `x_T^k = q_sample(x0, y, T, eps_k(y))`.
+
+def relaxed_best_of(err: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Relaxed winner-takes-all: per window `(1 - epsilon)` x the best copy's error + `epsilon` x the
+    mean error of the others, averaged over windows: `[B, K]` -> scalar. Every copy gets a gradient."""
+    k = err.shape[1]
+    best = err.min(dim=1).values
+    others = (err.sum(dim=1) - best) / max(k - 1, 1)
+    return ((1 - epsilon) * best + epsilon * others).mean()
+
+
+def spread_prior(maps: torch.Tensor) -> torch.Tensor:
+    """KL(N(m, v) || N(0, 1)) of every map element, `m` and `v` its mean and variance over the K maps,
+    averaged: `[B, K, n_pre, D]` -> scalar. Zero when the K maps spread like draws of N(0, 1); large when
+    they collapse onto one map (v -> 0) or drift away (m far from 0)."""
+    mean, var = maps.mean(dim=1), maps.var(dim=1, unbiased=False).clamp_min(1e-6)
+    return 0.5 * (var + mean.square() - 1 - var.log()).mean()
+
+
+def noise_predictor_loss(model: SPARD, traj: torch.Tensor, *, kind: str = "mae", objective: str = "published",
+                         relax: float = 0.05, prior: float = 0.01, z: torch.Tensor | None = None):
+    """Stage 3: the distilled model's one-step error from each of the K noise maps, reduced by `objective`:
+
+        published  min over K (winner takes all: only the best map of a window gets a gradient)
+        relaxed    `relaxed_best_of(err, relax)`
+        prior      min over K + `prior` x `spread_prior(maps)`
+
+    The noisy input comes from the true `x0`: `x_T^k = q_sample(x0, y, T, eps_k(y))`, with `eps_k` the
+    map plus `noise * z_k` for a predictor with `--np_noise` (`z [B, K, n_pre, D]`, `noise_predictor_draws`).
     Returns `(loss, err [B, K], eps [B, K, n_pre, D])`.
     """
     x0, y, history = _split(model, traj)
-    eps = model.noise_predictor(y)  # [B, K, n_pre, D]
-    b, k = eps.shape[:2]
+    maps = model.noise_predictor(y)  # [B, K, n_pre, D]
+    b, k = maps.shape[:2]
+    eps = model.noise_predictor.sample(maps, k, z)
     t = torch.full((b * k,), model.schedule.t_max, dtype=torch.long, device=y.device)
     x_T = q_sample(_copies(x0, k), _copies(y, k), t, eps.flatten(0, 1), model.schedule)
     pred = model.denoiser(x_T, t, _copies(y, k), _copies(history, k)).view(b, k, *traj.shape[1:])
     err = reconstruction_error(pred, traj[:, None], kind)
-    return best_of(err), err, eps
+    if objective == "published":
+        loss = best_of(err)
+    elif objective == "relaxed":
+        loss = relaxed_best_of(err, relax)
+    elif objective == "prior":
+        loss = best_of(err) + prior * spread_prior(maps)
+    else:
+        raise ValueError(f"unknown noise-predictor objective {objective!r}; choose published, relaxed or prior")
+    return loss, err, eps

@@ -237,7 +237,8 @@ def cmd(motion: Tensor, labels: Tensor, reference: Tensor | Sequence[float]) -> 
     motion: [N, t_pred-1] from `motion_per_frame`; labels: [N] class ids; reference: [C].
     The published code skips classes without windows and keeps N = all windows in the weights;
     a NaN reference would make its result NaN. Here classes with a NaN reference (no GT windows
-    in `cmd_reference_from_gt`) are skipped as well, N unchanged.
+    in `cmd_reference_from_gt`) are skipped as well, N unchanged; NaN (not available) when no class
+    with windows has a reference.
     """
     labels = torch.as_tensor(labels)
     _expect(motion, "N, t_pred-1", "motion")
@@ -249,7 +250,7 @@ def cmd(motion: Tensor, labels: Tensor, reference: Tensor | Sequence[float]) -> 
     reference = torch.as_tensor(reference, dtype=torch.float64).cpu()
     n, steps = motion.shape
     weights = torch.arange(steps, 0, -1, dtype=torch.float64)  # t_pred - t for t = 1..t_pred-1
-    total = 0.0
+    total, counted = 0.0, 0
     for c, ref in enumerate(reference.tolist()):
         members = labels == c
         n_c = int(members.sum())
@@ -257,7 +258,8 @@ def cmd(motion: Tensor, labels: Tensor, reference: Tensor | Sequence[float]) -> 
             continue
         class_motion = motion[members].mean(0)  # [t_pred-1]
         total += n_c / n * float((weights * (class_motion - ref).abs()).sum())
-    return total
+        counted += 1
+    return total if counted else math.nan
 
 
 def cmd_reference_from_gt(gt_future: Tensor, labels: Tensor, num_classes: int) -> Tensor:

@@ -18,12 +18,13 @@ class SPARD(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        self.denoiser = Denoiser(cfg.denoiser)
-        self.noise_predictor = NoisePredictor(cfg.noise_predictor)
+        d = cfg.data
+        self.denoiser = Denoiser(cfg.denoiser, dim=d.dim, t_his=d.t_his, t_total=d.t_total)
+        self.noise_predictor = NoisePredictor(cfg.noise_predictor, dim=d.dim, n_pre=cfg.denoiser.n_pre)
         s = Schedule.from_config(cfg.diffusion)
         self.register_buffer("sqrt_etas", s.sqrt_etas, persistent=False)
         self.timesteps = s.timesteps  # plain ints
-        pad = pad_indices(cfg.denoiser.t_his, cfg.denoiser.t_total - cfg.denoiser.t_his, cfg.denoiser.padding)
+        pad = pad_indices(d.t_his, d.t_pred, cfg.denoiser.padding)
         self.register_buffer("pad_index", pad, persistent=False)  # [T] history frame per window frame
 
     @property
@@ -32,15 +33,20 @@ class SPARD(nn.Module):
 
     @property
     def t_his(self) -> int:
-        return self.cfg.denoiser.t_his
+        return self.cfg.data.t_his
 
     @property
     def t_pred(self) -> int:
-        return self.cfg.denoiser.t_total - self.cfg.denoiser.t_his
+        return self.cfg.data.t_pred
 
     @property
     def n_pre(self) -> int:
         return self.cfg.denoiser.n_pre
+
+    @property
+    def dim(self) -> int:
+        """D = 3J, features per frame."""
+        return self.cfg.data.dim
 
     def condition(self, history: torch.Tensor) -> torch.Tensor:
         """`y`: the DCT of the padded history, `[B, t_his, D]` -> `[B, n_pre, D]`."""

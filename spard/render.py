@@ -184,7 +184,7 @@ def render_windows(predictor, dataset, indices: list[int], path: str | Path, *, 
 # ------------------------------------------------------------------------------------------ command
 
 def parser() -> argparse.ArgumentParser:
-    from .cli import _Parser, _positive
+    from .arguments import Parser as _Parser, positive as _positive
 
     p = _Parser(prog="spard render", description=__doc__.split("\n\n")[0],
                 epilog="Frames: one every --step time steps; the GIF plays in real time.")
@@ -213,7 +213,7 @@ def run(args) -> list[Path]:
 
     from .api import Predictor
     from .runs import find_checkpoint
-    from .cli import UsageError, resolve_device
+    from .arguments import UsageError, resolve_device
     from .data import load_dataset
 
     ckpt = find_checkpoint(Path(args.ckpt))

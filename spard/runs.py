@@ -3,32 +3,33 @@
     <out_dir>/<stage folder>/<ckpt name>     the stage's result (the path the README's commands use)
     <out_dir>/<stage folder>/runs/<NNN>/      one folder per run: log.txt, tb/, last.pt, best.pt, ...
 
-A new run never replaces an existing result without `--overwrite`; an unfinished run (its `last.pt`
-not marked finished) is resumed by default.
+An existing result is never replaced without `--overwrite`, whatever the way there (a new run, a
+resumed one, a run that finishes after another wrote the result); an unfinished run (its `last.pt`
+not marked finished) is resumed by default, only with the settings it started with; one process at
+a time trains in a stage folder (`StageLock`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket
 import sys
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: no locking there
+    fcntl = None
+
 from .checkpoints import CheckpointError, read_file
+from .config import Config, fields_of
+from .stages import STAGES
 
 
 class RunError(ValueError):
     """A run that cannot start as asked; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class StageFiles:
-    folder: str  # results/<ds>/<folder>
-    ckpt: str  # the stage's result file
-
-
-STAGE_FILES = {"base": StageFiles("train", "ckpt.pt"), "distill": StageFiles("distill", "distill_ckpt.pt"),
-               "np": StageFiles("np", "np_ckpt.pt")}
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -37,8 +38,8 @@ def find_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path
-    stages = list(reversed(STAGE_FILES.values()))  # np, distill, base
-    names = [f.ckpt for f in stages] + ["best.pt", "last.pt"]
+    stages = list(reversed(STAGES.values()))  # np, distill, base
+    names = [s.ckpt for s in stages] + ["best.pt", "last.pt"]
     for folder in [path] + [path / f.folder for f in stages]:
         for name in names:
             if (folder / name).is_file():
@@ -47,8 +48,7 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def result_path(out_dir: str | Path, stage: str) -> Path:
-    f = STAGE_FILES[stage]
-    return Path(out_dir) / f.folder / f.ckpt
+    return Path(out_dir) / STAGES[stage].folder / STAGES[stage].ckpt
 
 
 def check_writable(folder: Path) -> None:
@@ -97,7 +97,7 @@ def open_run(out_dir: str | Path, stage: str, *, resume: bool | str = True, over
     `resume` True resumes an unfinished run if there is one; a path resumes that checkpoint (or the
     `last.pt` of that run folder); False always starts a new run (the next number, created by the caller).
     """
-    stage_dir = Path(out_dir) / STAGE_FILES[stage].folder
+    stage_dir = Path(out_dir) / STAGES[stage].folder
     check_writable(stage_dir)
     result = result_path(out_dir, stage)
     if isinstance(resume, (str, Path)) and resume:
@@ -110,17 +110,108 @@ def open_run(out_dir: str | Path, stage: str, *, resume: bool | str = True, over
         if saved != stage:
             raise RunError(f"--resume {path} is a '{saved}' run but this is stage '{stage}'; "
                            f"give a run folder of this stage")
+        if not all(key in state for key in ("optimizer", "scheduler", "rng", "epoch")):
+            raise RunError(f"--resume {path} is a stage result, not a run's checkpoint: give a run folder "
+                           f"(<stage>/runs/NNN) or its last.pt")
         if result.exists() and not overwrite:
             raise RunError(f"{result} already exists; pass --overwrite to let the resumed run replace it")
         return path.parent, path
     if resume:
         run = unfinished_run(stage_dir)
         if run is not None:
+            if result.exists() and not overwrite:
+                raise RunError(f"{run} is unfinished but {result} already exists: pass --overwrite to resume it and "
+                               f"replace that result, or --no_resume to leave both as they are")
             return run, run / "last.pt"
     if result.exists() and not overwrite:
         raise RunError(f"{result} already exists; pass --overwrite to replace it, or --out_dir to write elsewhere")
     runs = _runs(stage_dir)
     return stage_dir / "runs" / f"{int(runs[-1].name) + 1 if runs else 1:03d}", None
+
+
+def resume_conflicts(saved: Config, now: Config) -> list[str]:
+    """The settings that differ between a run's config and this command's, except those a resumed run may
+    change (`Setting.changeable`: more epochs, other data paths, evaluation settings): `['--lr 0.0001 -> 0.001']`."""
+    differ = []
+    for section in ("data", "denoiser", "noise_predictor", "diffusion", "train"):
+        for f, s, _ in fields_of(getattr(now, section)):
+            a, b = getattr(getattr(saved, section), f.name), getattr(getattr(now, section), f.name)
+            if a != b and not s.changeable:
+                differ.append(f"--{s.flag if s.flag is not None else f.name} {a} -> {b}")
+    return differ
+
+
+def check_resume(path: Path, cfg: Config) -> None:
+    """A one-line RunError unless the run checkpoint `path` was made with `cfg`'s settings (up to those a
+    resumed run may change)."""
+    state = read_file(path)
+    try:
+        saved = Config.from_dict(state["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunError(f"{path} holds no readable config ({str(e).splitlines()[0][:120]}); start a new run with "
+                       f"--no_resume") from None
+    differ = resume_conflicts(saved, cfg)
+    if differ:
+        raise RunError(f"{path.parent} was started with other settings ({'; '.join(differ[:3])}): rerun with its "
+                       f"settings (--config {path.parent / 'config.json'}) or start a new run with --no_resume")
+
+
+def read_history(path: Path) -> list[dict]:
+    """The records of a run's `history.jsonl`; a torn last line (a write cut off by a kill) is left out."""
+    if not path.is_file():
+        return []
+    records = []
+    lines = path.read_text(errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:
+                break
+            raise RunError(f"{path} line {i + 1} is not a JSON record; repair or remove that line") from None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise RunError(f"{path} line {i + 1} is not an epoch record; repair or remove that line")
+        records.append(record)
+    return records
+
+
+class StageLock:
+    """One process at a time trains in a stage folder: an exclusive `flock` on `<folder>/.lock`, which the
+    system releases when the process ends, however it ends. The file names the holder for the message;
+    when the block fails, a lock file this lock created is removed again. The folder must exist."""
+
+    def __init__(self, folder: Path):
+        self.path, self.file, self.new_file = Path(folder) / ".lock", None, False
+
+    def __enter__(self) -> "StageLock":
+        if fcntl is None:
+            return self
+        self.new_file = not self.path.exists()
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise RunError(f"{self.path.parent} is in use by {holder}; wait for it to finish or use another "
+                           f"--out_dir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                        f"({' '.join(sys.argv[:1] + sys.argv[1:][:6])})")
+        self.file.flush()
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if self.file is None:
+            return
+        self.file.truncate(0)
+        if kind is not None and self.new_file:
+            self.path.unlink(missing_ok=True)
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+        self.file = None
 
 
 def make_logger(run_dir: Path | None, name: str = "spard", quiet: bool = False) -> logging.Logger:

@@ -9,11 +9,17 @@ published code draws it) fixes the randomness; otherwise it is drawn from `gener
     ddim     S guided deterministic steps: 2 network evaluations per step (10 by default)
     onestep  one evaluation of the distilled model from the prior
     np       one evaluation from the K noise maps of the noise predictor: no randomness at all
+
+Callers say how to sample with one `SamplerOptions` (sampler, number of futures, its settings):
+`SamplerOptions("ddim", 50, guidance=0.3).sample(model, history, generator=g)`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from .config import Config, DiffusionConfig
 from .diffusion import ddim_coefficients, ddim_step, prior_sample
 from .model import SPARD
 
@@ -28,7 +34,7 @@ def _draw_noise(model: SPARD, history: torch.Tensor, num_samples: int, noise, ge
 
 
 def _check_history(model: SPARD, history: torch.Tensor) -> None:
-    want = (model.t_his, model.cfg.denoiser.input_feats)
+    want = (model.t_his, model.dim)
     if history.dim() != 3 or tuple(history.shape[1:]) != want:
         raise ValueError(f"history must be [B, {want[0]}, {want[1]}] (t_his, D), got {list(history.shape)}")
 
@@ -75,14 +81,13 @@ def ddim_loop(model: SPARD, x_T: torch.Tensor, y: torch.Tensor, history: torch.T
 
 @torch.no_grad()
 def ddim(model: SPARD, history: torch.Tensor, num_samples: int, *, noise=None, generator=None,
-         guidance: float | None = None) -> torch.Tensor:
-    """The base model's sampler; `guidance` defaults to `--mode_test` (0.3)."""
+         guidance: float = DiffusionConfig.guidance) -> torch.Tensor:
+    """The base model's sampler; `guidance` is the weight w (published default 0.3)."""
     _check_history(model, history)
-    w = model.cfg.train.mod_test if guidance is None else guidance
     eps = _draw_noise(model, history, num_samples, noise, generator).flatten(0, 1)
     y = _repeat(model.condition(history), num_samples)
     h = _repeat(history, num_samples)
-    return _unflatten(ddim_loop(model, prior_sample(y, eps, model.schedule), y, h, w), num_samples)
+    return _unflatten(ddim_loop(model, prior_sample(y, eps, model.schedule), y, h, guidance), num_samples)
 
 
 @torch.no_grad()
@@ -101,17 +106,18 @@ def onestep(model: SPARD, history: torch.Tensor, num_samples: int, *, noise=None
 @torch.no_grad()
 def np_sample(model: SPARD, history: torch.Tensor, num_samples: int | None = None, *, noise=None, generator=None,
               use_condition: bool = True) -> torch.Tensor:
-    """The noise predictor's sampler: the first `num_samples` (default all K) of its noise maps.
-
-    `noise` and `generator` are accepted for the common signature and ignored: nothing is random.
+    """The noise predictor's sampler: its first `num_samples` (default all K) noise maps. With the
+    published predictor nothing is random (`noise`, `generator` unused, at most K futures); one trained
+    with `--np_noise` adds fresh noise to each map (from `noise` or `generator`) and cycles through them.
     """
     _check_history(model, history)
-    k = model.cfg.noise_predictor.k
-    s = k if num_samples is None else num_samples
-    if not 1 <= s <= k:
-        raise ValueError(f"the np sampler gives at most K={k} futures, asked for {s}")
+    predictor = model.noise_predictor
+    s = predictor.cfg.k if num_samples is None else num_samples
+    if s < 1:
+        raise ValueError(f"num_samples must be >= 1, got {s}")
     y_b = model.condition(history)
-    eps = model.noise_predictor(y_b)[:, :s].transpose(0, 1).flatten(0, 1)  # [S * B, n_pre, D]
+    z = _draw_noise(model, history, s, noise, generator).transpose(0, 1) if predictor.cfg.noise > 0 else None
+    eps = predictor.sample(predictor(y_b), s, z).transpose(0, 1).flatten(0, 1)  # [S * B, n_pre, D]
     y = _repeat(y_b, s)
     x_T = prior_sample(y, eps, model.schedule)
     t = torch.full((x_T.shape[0],), model.schedule.t_max, dtype=torch.long, device=x_T.device)
@@ -120,7 +126,7 @@ def np_sample(model: SPARD, history: torch.Tensor, num_samples: int | None = Non
 
 
 SAMPLERS = {"ddim": ddim, "onestep": onestep, "np": np_sample}
-STAGE_SAMPLER = {"base": "ddim", "distill": "onestep", "np": "np"}  # each stage's model and its own sampler
+SETTINGS = {"ddim": ("guidance",), "onestep": ("use_condition",), "np": ("use_condition",)}  # what each one reads
 
 
 def get_sampler(name: str):
@@ -131,3 +137,24 @@ def get_sampler(name: str):
     if found is None:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS) + sorted(BASELINES)}")
     return found
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """How to sample: the sampler (or a baseline), the futures per history and the sampler's settings."""
+
+    name: str = "np"
+    num_samples: int = 50
+    guidance: float = DiffusionConfig.guidance  # ddim: the classifier-free guidance weight w
+    use_condition: bool = True  # onestep, np: condition on
+
+    @classmethod
+    def from_config(cls, cfg: Config, name: str, **overrides) -> "SamplerOptions":
+        """The options a run's config implies (`--mode_test`, `--num_samples`), `overrides` on top."""
+        return cls(**{"name": name, "num_samples": cfg.train.num_samples, "guidance": cfg.diffusion.guidance,
+                      **overrides})
+
+    def sample(self, model: SPARD, history: torch.Tensor, *, noise=None, generator=None) -> torch.Tensor:
+        """`[B, t_his, D]` -> `[B, S, T, D]`, whole trajectories."""
+        settings = {key: getattr(self, key) for key in SETTINGS.get(self.name, ())}
+        return get_sampler(self.name)(model, history, self.num_samples, noise=noise, generator=generator, **settings)

@@ -1,11 +1,7 @@
 """One training loop for the three stages (method.md section 4).
 
-A `Stage` says which loss runs, which parameters train and which modules are frozen (eval mode):
-
-    base     stage 1   trains the denoiser            loss: best of h, condition dropout
-    distill  stage 2   trains the transformer         loss: L1 to the 5-step guided DDIM teacher
-                       (GCN refiner frozen; teacher = frozen copy of the stage-1 model)
-    np       stage 3   trains the noise predictor     loss: min over K (distilled model frozen)
+What differs between the stages (the loss, its draws, what trains and what is frozen) comes from
+the table in `spard.stages`; this loop knows no stage by name.
 
 Every random draw of a global batch (windows, jitter, rotation, t, noise, condition coin) comes from
 one generator that all ranks share; under `torchrun` each rank then computes the loss of its slice,
@@ -18,7 +14,6 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,57 +27,18 @@ from .config import Config
 from .data import TrainWindows
 from .data.windows import Batch
 from .data.dataset import Dataset
-from .evaluate import evaluate, make_protocol
+from .evaluate import METRIC_ORDER, evaluate, make_protocol
 from .model import SPARD, to_model_space
 from .nets.gcn import NodeBatchNorm
-from .runs import result_path
-from .samplers import STAGE_SAMPLER
+from .precision import autocast, uses_tf32
+from .runs import RunError, read_history, result_path
+from .samplers import SamplerOptions
+from .stages import Stage, stage as stage_named
 from .step_graph import StepGraph
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str  # base | distill | np
-    sampler: str  # the sampler this stage's model is evaluated with
-
-    def trainable(self, model: SPARD) -> list[nn.Parameter]:
-        """Set `requires_grad` for this stage and return the parameters that train."""
-        model.requires_grad_(False)
-        if self.name == "base":
-            model.denoiser.requires_grad_(True)
-        elif self.name == "distill":
-            model.denoiser.requires_grad_(True)
-            model.denoiser.gcn.requires_grad_(False)
-        else:
-            model.noise_predictor.requires_grad_(True)
-        return [p for p in model.parameters() if p.requires_grad]
-
-    def train_modes(self, model: SPARD) -> None:
-        """Training mode for what trains, eval mode (dropout off, BatchNorm frozen) for the rest."""
-        model.eval()
-        if self.name == "base":
-            model.denoiser.train()
-        elif self.name == "distill":
-            model.denoiser.train()
-            model.denoiser.gcn.eval()
-        else:
-            model.noise_predictor.train()
-
-    def draw(self, model: SPARD, n: int, generator: torch.Generator, cfg: Config) -> dict:
-        """The random inputs of this stage's loss for a global batch of `n` windows."""
-        kw = dict(generator=generator, device=generator.device)
-        shape = (model.n_pre, model.cfg.denoiser.input_feats)
-        if self.name == "base":
-            t = torch.randint(0, len(model.sqrt_etas), (n,), **kw)
-            eps = torch.randn((n, cfg.train.div_k) + shape, **kw)
-            coins = torch.rand(n if cfg.train.per_sample_dropout else 1, **kw)
-            return {"t": t, "eps": eps, "keep_cond": coins < cfg.train.mod_train}
-        if self.name == "distill":
-            return {"eps": torch.randn((n,) + shape, **kw)}
-        return {}
-
-
-STAGES = {name: Stage(name, sampler) for name, sampler in STAGE_SAMPLER.items()}
+class TrainingError(ValueError):
+    """Training cannot go on (diverged, or no step possible); the message says what is kept and what to do."""
 
 
 class StageLoss(nn.Module):
@@ -93,12 +49,7 @@ class StageLoss(nn.Module):
         self.stage, self.model, self.teacher, self.cfg = stage, model, teacher, cfg
 
     def forward(self, traj: torch.Tensor, **draws) -> torch.Tensor:
-        tc = self.cfg.train
-        if self.stage.name == "base":
-            return losses.base_loss(self.model, traj, h=tc.div_k, kind=tc.loss, **draws)[0]
-        if self.stage.name == "distill":
-            return losses.distill_loss(self.model, self.teacher, traj, guidance=tc.mod_test, kind=tc.loss, **draws)[0]
-        return losses.noise_predictor_loss(self.model, traj, kind=tc.loss)[0]
+        return self.stage.loss(self.model, self.teacher, traj, self.cfg, draws)
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -120,18 +71,17 @@ class Trainer:
 
     def __init__(self, cfg: Config, stage: str, model: SPARD, dataset: Dataset, run_dir: Path | None,
                  out_dir: Path | None, device: torch.device, logger, resume_from: Path | None = None,
-                 select: str = "best", progress: bool = True, fused_adam: bool = True, ddp_options: dict | None = None):
+                 select: str = "best", progress: bool = True, fused_adam: bool = True, ddp_options: dict | None = None,
+                 overwrite: bool = False):
         """`run_dir` None: nothing is written (benchmarks). `ddp_options`: extra keyword arguments of
         DistributedDataParallel under torchrun (e.g. `bucket_cap_mb`; `gradient_as_bucket_view` is on unless set False)."""
         device = torch.device(device)
-        self.cfg, self.stage, self.model, self.dataset = cfg, STAGES[stage], model.to(device), dataset
+        self.cfg, self.stage, self.model, self.dataset = cfg, stage_named(stage), model.to(device), dataset
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.out_dir, self.device, self.log = out_dir, device, logger
-        self.select, self.progress = select, progress
+        self.select, self.progress, self.overwrite = select, progress, overwrite
         tc = cfg.train
-        self.teacher = None
-        if stage == "distill":
-            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        self.teacher = copy.deepcopy(model).eval().requires_grad_(False) if self.stage.teacher else None
         params = self.stage.trainable(model)
         # --compile step-graph: the whole step as one CUDA graph, which reads the learning rate from a tensor
         self.graphed = tc.compile == "step-graph"
@@ -146,8 +96,7 @@ class Trainer:
         self.generator = torch.Generator(device=device).manual_seed(tc.seed)
         torch.manual_seed(tc.seed)
         if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = tc.tf32
-            torch.backends.cudnn.allow_tf32 = tc.tf32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = uses_tf32(tc.precision)
         self.loss = StageLoss(self.stage, model, self.teacher, cfg)
         self.step_loss = self.loss
         if dist.world_size() > 1:
@@ -195,8 +144,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         traj = to_model_space(poses)  # [b, T, D]
         # autocast's weight cache would outlive a CUDA graph's capture: off when captured
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp == "bf16",
-                            cache_enabled=not self.graphed):
+        with autocast(self.cfg.train.precision, self.device.type, cache_enabled=not self.graphed):
             loss = self.step_loss(traj, **draws)
         (loss * scale).backward()
         self.optimizer.step()
@@ -223,7 +171,11 @@ class Trainer:
         bar.close()
         self.scheduler.step()
         totals = dist.gather_objects((float(total), count))  # one host sync per epoch
-        return sum(t for t, _ in totals) / max(sum(c for _, c in totals), 1)
+        steps = sum(c for _, c in totals)
+        if steps == 0:
+            raise TrainingError(f"epoch {epoch} made no optimiser step: {len(self.windows)} training windows, batch "
+                                f"size {tc.batch_size} (BatchNorm needs 2 windows a batch); lower --stride or give more data")
+        return sum(t for t, _ in totals) / steps
 
     @torch.no_grad()
     def validation_loss(self) -> float:
@@ -263,8 +215,8 @@ class Trainer:
         self.start_epoch, self.best = state["epoch"] + 1, state["best_val_loss"]
         history = self.run_dir / "history.jsonl"
         if dist.is_main() and history.is_file():  # epochs after the checkpoint run again
-            kept = [line for line in history.read_text().splitlines() if json.loads(line)["epoch"] <= state["epoch"]]
-            history.write_text("".join(line + "\n" for line in kept))
+            kept = [r for r in read_history(history) if r["epoch"] <= state["epoch"]]
+            history.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.log.info(f"resuming {self.run_dir} from epoch {state['epoch']} (pass --no_resume to start a new run)")
 
     # -- the loop -------------------------------------------------------------------------------
@@ -278,6 +230,10 @@ class Trainer:
             start = time.time()
             train_loss = self.train_epoch(epoch)
             val_loss = self.validation_loss()
+            if not math.isfinite(train_loss) or (len(self.val_windows) and not math.isfinite(val_loss)):
+                raise TrainingError(f"training diverged at epoch {epoch} (train loss {train_loss}, validation loss "
+                                    f"{val_loss}): the run stops; its last good checkpoint stays in {self.run_dir} "
+                                    f"and is not made the stage result; try a lower --lr, or check the data")
             lr = float(self.optimizer.param_groups[0]["lr"])
             self.log.info(f"====> Epoch: {epoch} Time: {time.time() - start:.2f} Train Loss: {train_loss} "
                           f"Val Loss: {val_loss} lr: {lr:.5f}")
@@ -303,21 +259,24 @@ class Trainer:
         return self.finish()
 
     def validation_metrics(self, epoch: int) -> dict:
+        """The eight metrics of the stage's sampler on the validation windows (logged, and in TensorBoard)."""
         protocol = make_protocol(self.dataset, self.cfg.data.t_his, self.cfg.data.multimodal_threshold,
                                  split="val", device=self.device)
-        result = evaluate(self.model, protocol, self.stage.sampler, num_samples=self.cfg.train.num_samples,
-                          batch_size=self.cfg.train.eval_batch_size, seed=self.cfg.train.seed, progress=False,
-                          **({"guidance": self.cfg.train.mod_test} if self.stage.sampler == "ddim" else {}))
-        self.log.info("validation " + " ".join(f"{k} {v:.4f}" for k, v in result.items() if v is not None and k != "seconds_per_window"))
+        result = evaluate(self.model, protocol, SamplerOptions.from_config(self.cfg, self.stage.sampler),
+                          batch_size=self.cfg.train.eval_batch_size, seed=self.cfg.train.seed, progress=False)
+        shown = {k: v for k, v in result.items() if k in METRIC_ORDER and v is not None}
+        self.log.info("validation " + " ".join(f"{k} {v:.4f}" for k, v in shown.items()))
         if self.tb:
-            for k, v in result.items():
-                if v is not None and k != "seconds_per_window":
-                    self.tb.add_scalar(f"val/{k}", v, epoch)
-        return result
+            for k, v in shown.items():
+                self.tb.add_scalar(f"val/{k}", v, epoch)
+        return {k: v for k, v in result.items() if k != "per_class"}
 
     def finish(self) -> Path:
         """Write the stage's result (the selected weights) where the next stage looks for it."""
         target = result_path(self.out_dir, self.stage.name)
+        if dist.is_main() and target.exists() and not self.overwrite:
+            raise RunError(f"{target} was written by another command while this run trained; this run's weights stay "
+                           f"in {self.run_dir} (last.pt); pass --overwrite to let a run replace the result")
         if dist.is_main():
             source = self.run_dir / ("best.pt" if self.select == "best" and (self.run_dir / "best.pt").is_file() else "last.pt")
             state = read_file(source)

@@ -54,7 +54,7 @@ def tiny_config(name: str = "h36m", **train):
                               gcn_layers=1)
     npc = dataclasses.replace(cfg.noise_predictor, hidden=8, layers=1, k=5)
     return dataclasses.replace(cfg, denoiser=den, noise_predictor=npc,
-                               train=dataclasses.replace(cfg.train, **train)).synced()
+                               train=dataclasses.replace(cfg.train, **train))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def tiny_preset(monkeypatch, small_dataset):
 def test_deepmimic_preset_fits_the_demo():
     cfg = spard.config.preset("deepmimic")
     assert cfg.noise_predictor.k >= cfg.train.num_samples == 50  # the np sampler gives the 50 futures
-    assert cfg.data.t_total == 45 and cfg.denoiser.refine_n_pre == 45
+    assert cfg.data.t_total == 45 and SPARD(cfg).denoiser.refine_n_pre == 45
     # the demo's ~6 minutes on 2 CPU cores rest on this size (and on the epochs of spard.demo.EPOCHS)
     assert sum(p.numel() for p in SPARD(cfg).denoiser.parameters()) < 400_000
 
@@ -52,7 +52,11 @@ def test_demo_writes_report_pictures_and_keeps_earlier_reports(tiny_preset, tmp_
     for stage in ("train/ckpt.pt", "distill/distill_ckpt.pt", "np/np_ckpt.pt"):
         assert (out / stage).is_file()
 
-    assert main(args) == 0  # a rerun retrains into new run folders and keeps the earlier report
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(args) == 2  # results are there: a rerun needs --overwrite (or --reuse), and changes nothing
+    assert "pass --overwrite to retrain and replace them" in capsys.readouterr().err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert main(args + ["--overwrite"]) == 0  # a rerun retrains into new run folders and keeps the earlier report
     printed = capsys.readouterr().out
     assert "retrains and replaces" in printed and "kept the earlier report" in printed
     assert (out / "np" / "runs" / "002").is_dir()

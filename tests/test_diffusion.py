@@ -24,7 +24,7 @@ def test_linear_schedule():
 
 
 def test_unknown_schedule_is_one_line_error():
-    with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
+    with pytest.raises(ValueError, match="--schedule/--scheduler must be one of exponential, linear, got 'cosine'"):
         eta_schedule(dataclasses.replace(DiffusionConfig(), schedule="cosine"))
 
 

@@ -1,5 +1,5 @@
-"""The fast inference path computes the reference function: `fused` (regrouped arithmetic, folded
-BatchNorm), `GraphedSampler`, and the two Triton kernels (run in Triton's CPU interpreter)."""
+"""The fast inference path computes the reference function: the fused forms (regrouped arithmetic,
+folded BatchNorm), `GraphedSampler`, and the two Triton kernels (run in Triton's CPU interpreter)."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,8 @@ import torch
 
 from conftest import REPO, randomized, tiny_config
 from spard import samplers
-from spard.fast import FusedGCN, GraphedSampler, fused
+from spard.fast import FusedGCN, GraphedSampler, fuse, unfuse
+from spard.samplers import SamplerOptions
 from spard.model import SPARD
 from spard.nets.gcn import GCN, NodeBatchNorm
 
@@ -31,15 +32,25 @@ def trained_like(seed: int = 0) -> SPARD:
 @pytest.mark.parametrize("sampler", ["np", "onestep", "ddim"])
 def test_fused_model_equals_reference(sampler):
     model = trained_like()
-    fast = fused(model)
-    history = torch.randn(3, model.t_his, model.cfg.denoiser.input_feats)
-    noise = torch.randn(5, 3, model.n_pre, model.cfg.denoiser.input_feats)
+    history = torch.randn(3, model.t_his, model.dim)
+    noise = torch.randn(5, 3, model.n_pre, model.dim)
     extra = {} if sampler == "np" else {"noise": noise}
     want = samplers.get_sampler(sampler)(model, history, 5, **extra)
-    got = samplers.get_sampler(sampler)(fast, history, 5, **extra)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    got = samplers.get_sampler(sampler)(fuse(model), history, 5, **extra)
     tol = (1e-4 if sampler == "ddim" else 1e-5) * want.abs().max().item()  # ddim: ten chained evaluations
     torch.testing.assert_close(got, want, rtol=0, atol=tol)
-    assert type(model.denoiser).__name__ == "Denoiser"  # the original model is left as it was
+    assert model.state_dict().keys() == state.keys()  # the fused forms hold no weights of the state dict
+    assert model.denoiser.fused is not None and model.noise_predictor.model.fused is not None
+    torch.testing.assert_close(samplers.get_sampler(sampler)(unfuse(model), history, 5, **extra), want, rtol=0, atol=0)
+
+
+def test_fused_forms_are_dropped_when_the_weights_may_change():
+    model = fuse(trained_like())
+    model.noise_predictor.train()  # the np stage trains the predictor: its fused GCN goes, the denoiser's stays
+    assert model.noise_predictor.model.fused is None and model.denoiser.fused is not None
+    model.load_state_dict(trained_like(seed=1).state_dict())
+    assert all(getattr(m, "fused", None) is None for m in model.modules())
 
 
 def test_fused_gcn_folds_bias_and_batchnorm():
@@ -54,28 +65,29 @@ def test_fused_gcn_folds_bias_and_batchnorm():
                 m.running_var.uniform_(0.5, 2.0, generator=gen)
     gcn.eval()
     x = torch.randn(4, 5, 7, generator=gen)
-    torch.testing.assert_close(FusedGCN(gcn)(x), gcn(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(FusedGCN(gcn)(x, gcn.residual), gcn(x), rtol=1e-5, atol=1e-5)
     assert sum(name.startswith("weight") for name, _ in FusedGCN(gcn).named_buffers()) == 2 + 2 * 2  # gc1, 2 per block, gc7
 
 
 def test_graphed_sampler_without_compile_runs_the_sampler():
     model = trained_like()
-    history = torch.randn(2, model.t_his, model.cfg.denoiser.input_feats)
-    fast = GraphedSampler(model, "np", 2, 5, precision="fp32", compile=False)
-    torch.testing.assert_close(fast(history), samplers.np_sample(model, history, 5), rtol=1e-5, atol=1e-5)
-    noise = torch.randn(5, 2, model.n_pre, model.cfg.denoiser.input_feats)
-    one = GraphedSampler(model, "onestep", 2, 5, precision="fp32", compile=False)
-    torch.testing.assert_close(one(history, noise), samplers.onestep(model, history, 5, noise=noise),
+    history = torch.randn(2, model.t_his, model.dim)
+    want = samplers.np_sample(model, history, 5)
+    fast = GraphedSampler(model, SamplerOptions("np", 5), 2, precision="fp32", compile=False)
+    torch.testing.assert_close(fast(history), want, rtol=1e-5, atol=1e-5)
+    noise = torch.randn(5, 2, model.n_pre, model.dim)
+    one = GraphedSampler(model, SamplerOptions("onestep", 5), 2, precision="fp32", compile=False)
+    torch.testing.assert_close(one(history, noise), samplers.onestep(unfuse(model), history, 5, noise=noise),
                                rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
-        GraphedSampler(trained_like(), "np", 1, 5, precision="fp8", compile=False)
+        GraphedSampler(trained_like(), SamplerOptions("np", 5), 1, precision="fp8", compile=False)
 
 
 def test_float32_products_follow_the_precision_and_are_restored():
-    from spard.fast import float32_products
+    from spard.precision import float32_products
 
     before = torch.backends.cuda.matmul.allow_tf32
     try:
@@ -134,7 +146,7 @@ KERNEL_CHECK = textwrap.dedent("""
     gcn = GCN(7, 16, 7, nodes=5, layers=2, dropout=0.5, residual=True).eval()
     x = torch.randn(3, 5, 7, generator=gen)
     with torch.autocast("cpu", dtype=half):
-        got = FusedGCN(gcn)(x)
+        got = FusedGCN(gcn)(x, gcn.residual)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, gcn(x), rtol=0, atol=2e-2)
     print("kernels ok")
@@ -189,11 +201,11 @@ def test_triton_kernels_on_the_gpu(dtype):
 def test_graphed_sampler_on_the_gpu_matches_float32(sampler):
     """The whole fast path (fused model, kernels, frozen compile, CUDA graph, fp16) against float32."""
     model = trained_like().cuda()
-    history = torch.randn(2, model.t_his, model.cfg.denoiser.input_feats, device="cuda")
-    noise = torch.randn(5, 2, model.n_pre, model.cfg.denoiser.input_feats, device="cuda")
+    history = torch.randn(2, model.t_his, model.dim, device="cuda")
+    noise = torch.randn(5, 2, model.n_pre, model.dim, device="cuda")
     extra = {} if sampler == "np" else {"noise": noise}
     want = samplers.get_sampler(sampler)(model, history, 5, **extra)
-    fast = GraphedSampler(model, sampler, 2, 5)
+    fast = GraphedSampler(model, SamplerOptions(sampler, 5), 2)
     got = fast(history, *extra.values()).clone()
     torch.testing.assert_close(got, want, rtol=0, atol=1e-2 * want.abs().max().item())
     torch.testing.assert_close(fast(history, *extra.values()), got)  # replays give the same result

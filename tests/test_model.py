@@ -61,7 +61,7 @@ def test_residual_branches_start_at_zero():
 def test_bad_sizes_are_one_line_errors():
     import dataclasses
     cfg = tiny_config()
-    with pytest.raises(ValueError, match="divisible by num_heads"):
+    with pytest.raises(ValueError, match="divisible by --num_heads"):
         SPARD(dataclasses.replace(cfg, denoiser=dataclasses.replace(cfg.denoiser, num_heads=3)))
     with pytest.raises(ValueError, match="n_pre"):
         SPARD(dataclasses.replace(cfg, denoiser=dataclasses.replace(cfg.denoiser, n_pre=500)))

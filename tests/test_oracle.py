@@ -53,10 +53,9 @@ def oracle_config(vectors):
     npc = dataclasses.replace(cfg.noise_predictor, dropout=c["np_gcn_dropout"], alpha=c["np_alpha"])
     diff = dataclasses.replace(cfg.diffusion, schedule=c["scheduler"], noise_steps=c["noise_steps"],
                                sample_steps=c["sample_steps"], eta_min=c["etas_min"], eta_end=c["etas_max"],
-                               kappa=c["kappa"], power=c["power"])
-    train = dataclasses.replace(cfg.train, div_k=c["div_k"], mod_train=c["mod_train"], mod_test=c["mod_test"],
-                                loss=c["loss"])
-    return dataclasses.replace(cfg, data=data, denoiser=den, noise_predictor=npc, diffusion=diff, train=train).synced()
+                               kappa=c["kappa"], power=c["power"], guidance=c["mod_test"])
+    train = dataclasses.replace(cfg.train, div_k=c["div_k"], mod_train=c["mod_train"], loss=c["loss"])
+    return dataclasses.replace(cfg, data=data, denoiser=den, noise_predictor=npc, diffusion=diff, train=train)
 
 
 @pytest.fixture(scope="module", params=DEVICES)
@@ -92,7 +91,7 @@ def test_schedule(setup):
 
 def test_dct_and_padding(setup):
     model, v, _ = setup
-    t_total = model.cfg.denoiser.t_total
+    t_total = model.cfg.data.t_total
     dct, idct = dct_matrix(t_total)
     close(dct, v["dct_m"].float())
     close(idct, v["idct_m"].float())

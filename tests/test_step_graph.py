@@ -25,7 +25,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs nee
 
 
 def config(compile: str):
-    cfg = tiny_config("deepmimic", batch_size=8, lr=LR, milestones=(1, 2), gamma=0.5, tf32=False, compile=compile)
+    cfg = tiny_config("deepmimic", batch_size=8, lr=LR, milestones=(1, 2), gamma=0.5, precision="fp32", compile=compile)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stride=50),
                               denoiser=dataclasses.replace(cfg.denoiser, dropout=0.0, gcn_dropout=0.0),
                               noise_predictor=dataclasses.replace(cfg.noise_predictor, dropout=0.0))

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import DenoiserConfig
 from ..dct import dct_matrix, from_dct, to_dct
+from .fusable import Fusable
 from .gcn import GCN
 
 
@@ -49,6 +50,11 @@ class Stylization(nn.Module):
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # [N, L, C], [N, E]
         return self.modulated(h, self.emb_layers(emb))
 
+    @property
+    def modulation(self) -> nn.Linear:
+        """The projection of the embedding to scale | shift (after SiLU)."""
+        return self.emb_layers[1]
+
     def modulated(self, h: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:  # [N, L, C], [N, 2C]
         """The block given its embedding projection `mod` = scale | shift."""
         return self.out_layers(self.modulate(h, mod))
@@ -78,6 +84,10 @@ class SelfAttention(nn.Module):
         self.key = nn.Linear(latent, latent, bias=False)
         self.value = nn.Linear(latent, latent, bias=False)
         self.proj_out = Stylization(latent, emb_dim, dropout)
+
+    def qkv_weight(self) -> torch.Tensor:
+        """q, k and v as one `[3C, C]` projection."""
+        return torch.cat([self.query.weight, self.key.weight, self.value.weight])
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # [N, L, C]
         n, length, c = x.shape
@@ -111,31 +121,40 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.ffn(self.sa_block(x, emb), emb)
 
+    def stylizations(self) -> tuple[Stylization, Stylization]:
+        return self.sa_block.proj_out, self.ffn.proj_out
 
-class Denoiser(nn.Module):
+
+class Denoiser(Fusable):
     """Predicts the whole time-domain trajectory `[N, T, D]` from the noisy DCT state."""
 
-    def __init__(self, cfg: DenoiserConfig):
+    def __init__(self, cfg: DenoiserConfig, dim: int, t_his: int, t_total: int):
+        """`dim` = D = 3J features per frame, `t_his` observed frames, `t_total` = T frames of a window."""
         super().__init__()
-        self.cfg = cfg
-        c, d, n = cfg.latent_dim, cfg.input_feats, cfg.n_pre
-        if not 1 <= n <= cfg.t_total or not 1 <= cfg.refine_n_pre <= cfg.t_total:
-            raise ValueError(f"n_pre ({n}) and refine_n_pre ({cfg.refine_n_pre}) must be in [1, T={cfg.t_total}]")
+        self.cfg, self.dim, self.t_his, self.t_total = cfg, dim, t_his, t_total
+        self.refine_n_pre = cfg.refine_n_pre or t_total  # the refiner spans the whole window unless told otherwise
+        c, d, n = cfg.latent_dim, dim, cfg.n_pre
         self.sequence_embedding = nn.Parameter(torch.randn(n, c))
         self.joint_embed = nn.Linear(d, c)
         self.cond_embed = nn.Linear(d * n, c)
         self.time_embed = nn.Sequential(nn.Linear(c, c), nn.SiLU(), nn.Linear(c, c))
         self.temporal_decoder_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.out = nn.Linear(c, d)
-        self.gcn = GCN(cfg.refine_n_pre, cfg.gcn_hidden, cfg.refine_n_pre, nodes=d, layers=cfg.gcn_layers,
+        self.gcn = GCN(self.refine_n_pre, cfg.gcn_hidden, self.refine_n_pre, nodes=d, layers=cfg.gcn_layers,
                        dropout=cfg.gcn_dropout, residual=True)
-        dct, idct = dct_matrix(cfg.t_total)
+        dct, idct = dct_matrix(t_total)
         self.register_buffer("dct", dct, persistent=False)  # [T, T]
         self.register_buffer("idct", idct, persistent=False)  # [T, T]
+        self.fused = None  # spard.fast.FusedDenoiser while fused
+
+    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        """`MLP(sinusoid(t))`: `[N]` -> `[N, C]`."""
+        return self.time_embed(timestep_embedding(t, self.cfg.latent_dim))
 
     def embedding(self, t: torch.Tensor, y_cond: torch.Tensor | None, keep_cond: torch.Tensor | None) -> torch.Tensor:
         """`MLP(sinusoid(t)) + Linear(flatten(y))`; rows with `keep_cond` False get no condition term."""
-        return self.add_condition(self.time_embed(timestep_embedding(t, self.cfg.latent_dim)), y_cond, keep_cond)
+        time = self.fused.time_table[t] if self.fused is not None else self.time_embedding(t)
+        return self.add_condition(time, y_cond, keep_cond)
 
     def add_condition(self, emb: torch.Tensor, y_cond: torch.Tensor | None, keep_cond: torch.Tensor | None) -> torch.Tensor:
         """The time embedding `[N, C]` plus the condition term (none for rows with `keep_cond` False)."""
@@ -149,14 +168,19 @@ class Denoiser(nn.Module):
     def transformer(self, x_t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """`[N, n_pre, D]` -> `[N, n_pre, D]` (DCT coefficients of the trajectory)."""
         h = self.joint_embed(x_t) + self.sequence_embedding[: x_t.shape[1]]  # [N, n_pre, C]
-        half = len(self.temporal_decoder_blocks) // 2
+        blocks = self.temporal_decoder_blocks
+        if self.fused is None:
+            block = lambda i, h: blocks[i](h, emb)  # noqa: E731
+        else:
+            h, block = self.fused.blocks(self, h, emb)
+        half = len(blocks) // 2
         skips = []
-        for i, block in enumerate(self.temporal_decoder_blocks):
+        for i in range(len(blocks)):  # U-Net skips from the first half of the blocks to the second
             if i < half:
                 skips.append(h)
-                h = block(h, emb)
+                h = block(i, h)
             else:
-                h = block(h, emb) + skips.pop()
+                h = block(i, h) + skips.pop()
         return self.out(h)
 
     def refine(self, coeffs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
@@ -164,11 +188,14 @@ class Denoiser(nn.Module):
 
         The DCT arithmetic runs in float32 even under autocast; only the GCN may run in bf16.
         """
-        traj = from_dct(coeffs, self.idct)  # [N, T, D]
-        traj = torch.cat([history.float(), traj[:, history.shape[1]:]], dim=1)
-        r = self.cfg.refine_n_pre
-        full = self.gcn(to_dct(traj, self.dct, r).transpose(1, 2))  # [N, D, r]
-        return from_dct(full.transpose(1, 2), self.idct)
+        if self.fused is not None:
+            full = self.fused.into_refiner(history, coeffs)  # [N, r, D]
+        else:
+            traj = from_dct(coeffs, self.idct)  # [N, T, D]
+            traj = torch.cat([history.float(), traj[:, history.shape[1]:]], dim=1)
+            full = to_dct(traj, self.dct, self.refine_n_pre)  # [N, r, D]
+        refined = self.gcn(full.transpose(1, 2)).transpose(1, 2)  # [N, r, D]
+        return from_dct(refined, self.idct)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y_cond: torch.Tensor | None, history: torch.Tensor,
                 keep_cond: torch.Tensor | None = None) -> torch.Tensor:

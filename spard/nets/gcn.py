@@ -11,6 +11,8 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from .fusable import Fusable
+
 
 class GraphConv(nn.Module):
     """`att @ (x @ weight) + bias`, with `att` a learned `[nodes, nodes]` adjacency."""
@@ -26,6 +28,16 @@ class GraphConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, nodes, in] -> [B, nodes, out]
         return self.att @ (x @ self.weight) + self.bias
+
+    @torch.no_grad()
+    def folded(self, bn: "NodeBatchNorm | None") -> tuple[torch.Tensor, torch.Tensor]:
+        """`(scale, shift)` `[nodes, out]` with `bn(self(x)) = (att @ x @ weight) * scale + shift` in eval
+        mode (bias and BatchNorm folded; without a BatchNorm, scale 1 and shift the bias)."""
+        nodes, out = self.att.shape[0], self.weight.shape[1]
+        if bn is None:
+            return torch.ones(nodes, out, device=self.bias.device), self.bias.expand(nodes, out).clone()
+        scale = (bn.weight * torch.rsqrt(bn.running_var + bn.eps)).view(nodes, out)
+        return scale, bn.bias.view(nodes, out) + (self.bias - bn.running_mean.view(nodes, out)) * scale
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -99,7 +111,7 @@ class GCBlock(nn.Module):
         return x + y
 
 
-class GCN(nn.Module):
+class GCN(Fusable):
     """gc1 -> BN/tanh/dropout -> `layers` residual blocks -> gc7 (+ input when `residual`)."""
 
     def __init__(self, in_features: int, hidden: int, out_features: int, nodes: int, layers: int,
@@ -113,8 +125,15 @@ class GCN(nn.Module):
         self.gcbs = nn.ModuleList(GCBlock(hidden, nodes, dropout) for _ in range(layers))
         self.gc7 = GraphConv(hidden, out_features, nodes)
         self.do = nn.Dropout(dropout)
+        self.fused = None  # spard.fast.FusedGCN while fused
+
+    def convolutions(self) -> list[tuple[GraphConv, NodeBatchNorm | None]]:
+        """Every convolution in order with the BatchNorm after it: gc1, two per block, gc7 (none)."""
+        return [(self.gc1, self.bn1)] + [c for b in self.gcbs for c in ((b.gc1, b.bn1), (b.gc2, b.bn2))] + [(self.gc7, None)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, nodes, in] -> [B, nodes, out]
+        if self.fused is not None:
+            return self.fused(x, self.residual)
         y = self.do(torch.tanh(self.bn1(self.gc1(x))))
         for block in self.gcbs:
             y = block(y)

@@ -1,0 +1,193 @@
+"""Command-line arguments shared by every `spard` command: one-line errors, value parsers, the
+configuration flags (generated from the `Setting` of each config field) and the device.
+
+Errors are `UsageError`s (one line; the `spard` command prints `error: ...` and exits with 2).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from .config import SECTIONS, Config, fields_of, flag_of, preset
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""
+
+
+class _Help(argparse.HelpFormatter):
+    """Help that shows each flag's default, unless its text already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" not in text and action.option_strings and action.nargs != 0
+                and action.default not in (None, False, "", argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one `UsageError` line; help shows every default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise UsageError(f"{message} (see `{self.prog} -h`)")
+
+
+def boolean(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def positive(kind):
+    """A parser of numbers > 0 of type `kind`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _list_of(kind):
+    def parse(text: str) -> tuple:
+        items = text.replace("[", " ").replace("]", " ").replace(",", " ").split()
+        try:
+            return tuple(kind(x) for x in items)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a list like 100,200, got {text!r}") from None
+    parse.__name__ = f"list of {kind.__name__}"
+    return parse
+
+
+def _parser_for(kind):
+    """The argparse `type` of a config field's annotation."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) is tuple:
+        return _list_of(args[0])
+    if args and typing.get_origin(kind) is not tuple and len(args) == 1:  # X | None
+        return _parser_for(args[0])
+    return {bool: boolean, int: int, float: float}.get(kind, str)
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return "none" if value in (None, "") else str(value)
+
+
+def add_config_flags(p: argparse.ArgumentParser, cfg_name: str) -> None:
+    """One flag per config field (its `Setting`), published names as aliases; defaults: `cfg_name`'s preset."""
+    defaults = preset(cfg_name)
+    for section in SECTIONS:
+        group = p.add_argument_group(f"{section} settings (defaults: the --cfg preset, here {cfg_name})")
+        for f, s, kind in fields_of(SECTIONS[section]):
+            flag = flag_of(f, s)
+            if not flag:
+                continue
+            value = getattr(getattr(defaults, section), f.name)
+            group.add_argument(f"--{flag}", *(f"--{a}" for a in s.aliases), dest=f"{section}.{f.name}",
+                               type=_parser_for(kind), default=None, choices=s.choices,
+                               metavar=None if s.choices else flag.upper(),
+                               help=(s.help if "default" in s.help else f"{s.help} (default: {_shown(value)})")
+                               .replace("%", "%%"))
+    group = p.add_argument_group("earlier names of --precision")
+    group.add_argument("--amp", choices=("none", "bf16"), default=None, help="bf16: --precision bf16")
+    group.add_argument("--tf32", type=boolean, default=None, help="false: --precision fp32")
+
+
+def config_from_args(args) -> Config:
+    """The run's config: `--config` (a recorded run's config.json) or the `--cfg` preset, with every
+    configuration flag given on the line written over it. Checked: an invalid value is one line."""
+    if getattr(args, "config", None):
+        cfg = read_config(args.config)
+        if args.cfg and args.cfg != cfg.data.name:
+            raise UsageError(f"--config {args.config} is a '{cfg.data.name}' config but --cfg is {args.cfg}")
+    elif (args.cfg or args.script_cfg) is None:
+        raise UsageError("no --cfg given: choose h36m, amass or deepmimic (or --config a run's config.json)")
+    else:
+        cfg = preset(args.cfg or args.script_cfg)
+    values = {section: {} for section in SECTIONS}
+    for dest, value in vars(args).items():
+        if "." in dest and value is not None:
+            section, name = dest.split(".")
+            values[section][name] = value
+    precision = legacy_precision(args.amp, args.tf32)
+    if precision is not None:
+        if values["train"].get("precision", precision) != precision:
+            raise UsageError(f"--precision {values['train']['precision']} contradicts --amp/--tf32; give --precision only")
+        values["train"]["precision"] = precision
+    parts = {s: dataclasses.replace(getattr(cfg, s), **v) for s, v in values.items() if v}
+    return dataclasses.replace(cfg, **parts)
+
+
+def legacy_precision(amp: str | None, tf32: bool | None) -> str | None:
+    """`--amp` and `--tf32` (earlier flags) as a precision name, None when neither is given."""
+    if amp is None and tf32 is None:
+        return None
+    if amp == "bf16":
+        if tf32 is False:
+            raise UsageError("--amp bf16 with --tf32 false is not offered: use --precision bf16 or --precision fp32")
+        return "bf16"
+    return "fp32" if tf32 is False else "tf32"
+
+
+def read_config(path: str | Path) -> Config:
+    """A run's `config.json` (or a checkpoint's config written as JSON), one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--config {path} not found: give the config.json of a run folder")
+    try:
+        obj = json.loads(path.read_text())
+        if isinstance(obj, dict) and isinstance(obj.get("config"), dict):  # an evaluation's record holds one
+            obj = obj["config"]
+        return Config.from_dict(obj)
+    except RecursionError:
+        raise UsageError(f"--config {path} is nested too deeply to be a config") from None
+    except (ValueError, AttributeError, UnicodeDecodeError) as e:
+        raise UsageError(f"--config {path} is not a spard config ({str(e).splitlines()[0][:160]})") from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (as the published scripts do)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> str:
+    """A torch device name, checked; `cuda...` falls back to the CPU, with a note, when there is no GPU."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a torch device; use e.g. cuda:0 or cpu") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"CUDA is not available: using the CPU instead of {name}", file=sys.stderr)
+        return "cpu"
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: spard runs on cpu or cuda devices")
+    return name

@@ -1,0 +1,78 @@
+"""`spard convert`: published SPARD checkpoints to spard's, and back.
+
+    spard convert --cfg h36m --num_heads 8 --ckpt published/train/ckpt.pt --out ours_base.pt
+    spard convert --cfg h36m --num_heads 8 --ckpt published/distill/distill_ckpt.pt --np_ckpt published/np/np_ckpt.pt --out ours_np.pt
+    spard convert --to_published --ckpt results/h36m/np/np_ckpt.pt --out spard.pt --np_out np.pt
+
+Every size the state dicts determine is read from them (width, layers, DCT sizes, the refiner and
+the noise predictor's shapes). What they cannot tell, the number of attention heads, must be given:
+the published models use 8.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .arguments import Parser, UsageError, positive
+from .stages import STAGES
+
+
+def parser() -> Parser:
+    p = Parser(prog="spard convert", description=__doc__.split("\n\n")[0])
+    p.add_argument("--cfg", default=None, help="dataset preset of published weights: h36m or amass")
+    p.add_argument("--ckpt", default="", help="input: a published SPARD state dict (or ours with --to_published)")
+    p.add_argument("--np_ckpt", default="", help="input: a published noise-predictor state dict")
+    p.add_argument("--stage", choices=tuple(STAGES), default=None,
+                   help="stage recorded in our checkpoint (default: np with --np_ckpt, else base)")
+    p.add_argument("--num_heads", type=positive(int), default=None,
+                   help="attention heads: not stored in published weights, so required (the published models use 8)")
+    p.add_argument("--to_published", action="store_true", help="write our checkpoint in the published layout")
+    p.add_argument("--out", required=True, help="output file (with --to_published: the SPARD state dict)")
+    p.add_argument("--np_out", default="", help="with --to_published: also write the noise predictor here")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def run(args) -> None:
+    from . import checkpoints as ck
+    from .config import preset
+
+    outputs = [Path(args.out)] + ([Path(args.np_out)] if args.np_out else [])
+    if len({p.resolve() for p in outputs}) < len(outputs):
+        raise UsageError(f"--out and --np_out name the same file {args.out}; give two different files")
+    for out in outputs:
+        if out.exists() and not args.overwrite:
+            raise UsageError(f"{out} already exists; pass --overwrite to replace it")
+    if args.to_published:
+        if args.cfg or args.np_ckpt or args.num_heads or args.stage:
+            raise UsageError("--to_published reads everything from our checkpoint: leave out --cfg, --np_ckpt, "
+                             "--num_heads and --stage")
+        model, _ = ck.load_model(args.ckpt)
+        den, npr = ck.to_published(model)
+        ck.atomic_save(den, args.out)
+        if args.np_out:
+            ck.atomic_save(npr, args.np_out)
+        heads = model.cfg.denoiser.num_heads
+        print(f"wrote the published layout to {', '.join(map(str, outputs))} ({heads} attention heads: give "
+              f"--num_heads {heads} when converting it back)")
+        return
+    if not args.cfg:
+        raise UsageError("--cfg is required: the dataset preset of the weights (h36m or amass)")
+    if args.num_heads is None:
+        raise UsageError("--num_heads is required: published weights do not store the number of attention heads "
+                         "(the published models use 8)")
+    base = preset(args.cfg)
+    base = dataclasses.replace(base, denoiser=dataclasses.replace(base.denoiser, num_heads=args.num_heads))
+    den = ck.read_file(args.ckpt) if args.ckpt else None
+    npr = ck.read_file(args.np_ckpt) if args.np_ckpt else None
+    if den is None and npr is None:
+        raise UsageError("give --ckpt (published SPARD weights) and/or --np_ckpt (published noise predictor)")
+    for obj, path, want in ((den, args.ckpt, "published-denoiser"), (npr, args.np_ckpt, "published-np")):
+        if obj is not None and ck.kind_of(obj) != want:
+            raise ck.CheckpointError(f"{path} is a {ck.kind_of(obj)} checkpoint, expected a {want} state dict")
+    model = ck.from_published(base, den, npr)
+    stage = args.stage or ("np" if npr is not None else "base")
+    ck.save_checkpoint(args.out, model, stage)
+    print(f"wrote {args.out} (stage {stage}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"{args.num_heads} attention heads)")
