@@ -1,5 +1,8 @@
-"""Skeletons of the file formats we read (formats.md §1.2, §2.3) and the root-relative pose layout."""
+"""Skeletons of the file formats we read (formats.md §1.2, §2.3), joint naming tables, and the root-relative
+pose layout."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,6 +19,56 @@ H36M = Skeleton(
     left=[4, 5, 6, 11, 12, 13],
     right=[1, 2, 3, 14, 15, 16],
 )
+
+# The 32 points of a Human3.6M file, named as in the dataset's own motion-capture skeleton ("Site" is the
+# end point of the joint before it); the kept joints are Site 15 (the head top) and 16 named joints.
+H36M_FILE_NAMES = [
+    "Hips", "RightUpLeg", "RightLeg", "RightFoot", "RightToeBase", "Site", "LeftUpLeg", "LeftLeg", "LeftFoot",
+    "LeftToeBase", "Site", "Spine", "Spine1", "Neck", "Head", "Site", "LeftShoulder", "LeftArm", "LeftForeArm",
+    "LeftHand", "LeftHandThumb", "Site", "L_Wrist_End", "Site", "RightShoulder", "RightArm", "RightForeArm",
+    "RightHand", "RightHandThumb", "Site", "R_Wrist_End", "Site"]
+
+
+@dataclass(frozen=True)
+class Naming:
+    """How one motion-capture convention names the joints of one of our skeletons (for BVH files).
+
+    `joints` lists every joint name of the convention (it tells the conventions apart); `mapping` gives,
+    for each of our joints, the joint whose origin it is, or `<joint>_end` for the End Site of `<joint>`.
+    """
+
+    name: str
+    joints: tuple[str, ...]
+    mapping: dict[str, str]
+
+
+def _h36m_naming(name: str, joints: str, mapped: str) -> Naming:
+    """A naming of the 17 kept Human3.6M joints, `mapped` listed in H36M.names order."""
+    return Naming(name, tuple(joints.split()), dict(zip(H36M.names, mapped.split(), strict=True)))
+
+
+# The H36M joints are points of these skeletons: hip = the root, hips/knees/ankles = thigh/shin/foot starts,
+# spine = top of the lower back, thorax = base of the neck, neck = base of the head, head = top of the head,
+# shoulders/elbows/wrists = upper-arm/forearm/hand starts.
+BVH_NAMINGS = {"h36m": [
+    # the BVH files converted from the CMU motion-capture database (ASF bone -> BVH joint names)
+    _h36m_naming("CMU", "Hips LHipJoint LeftUpLeg LeftLeg LeftFoot LeftToeBase RHipJoint RightUpLeg RightLeg "
+                 "RightFoot RightToeBase LowerBack Spine Spine1 Neck Neck1 Head LeftShoulder LeftArm LeftForeArm "
+                 "LeftHand LeftFingerBase LeftHandIndex1 LThumb RightShoulder RightArm RightForeArm RightHand "
+                 "RightFingerBase RightHandIndex1 RThumb",
+                 "Hips RightUpLeg RightLeg RightFoot LeftUpLeg LeftLeg LeftFoot Spine Neck Head Head_end "
+                 "LeftArm LeftForeArm LeftHand RightArm RightForeArm RightHand"),
+    # the same database with its ASF bone names (a BVH joint is named after the bone that starts there)
+    _h36m_naming("CMU ASF", "root lhipjoint lfemur ltibia lfoot ltoes rhipjoint rfemur rtibia rfoot rtoes "
+                 "lowerback upperback thorax lowerneck upperneck head lclavicle lhumerus lradius lwrist lhand "
+                 "lfingers lthumb rclavicle rhumerus rradius rwrist rhand rfingers rthumb",
+                 "root rfemur rtibia rfoot lfemur ltibia lfoot upperback lowerneck head head_end "
+                 "lhumerus lradius lwrist rhumerus rradius rwrist"),
+    # Human3.6M's own skeleton (H36M_FILE_NAMES without the Sites)
+    _h36m_naming("Human3.6M", " ".join(n for n in H36M_FILE_NAMES if n != "Site"),
+                 "Hips RightUpLeg RightLeg RightFoot LeftUpLeg LeftLeg LeftFoot Spine1 Neck Head Head_end "
+                 "LeftArm LeftForeArm LeftHand RightArm RightForeArm RightHand"),
+]}
 
 # The 22 SMPL body joints of BeLFusion's AMASS preprocessing (all kept).
 AMASS = Skeleton(
