@@ -82,11 +82,28 @@ AMASS = Skeleton(
 )
 
 
+# No joint of a human body lies farther than this from its root (pelvis), in metres: the span of raised arms
+# over the head of a tall person is about 1.4. Data beyond it is in other units (millimetres, centimetres).
+MAX_REACH = 2.5
+
+
 def root_relative(positions: np.ndarray, where: str) -> np.ndarray:
-    """World positions `[L, J+1, 3]` -> the clip layout: joint 0 absolute, joints 1..J minus joint 0, float32."""
+    """World positions `[L, J+1, 3]` -> the clip layout: joint 0 absolute, joints 1..J minus joint 0, float32.
+
+    Refused in one line: positions that are not floats (integers are millimetres, as some converters write),
+    NaN or inf, and bodies larger than MAX_REACH metres (other units).
+    """
+    if positions.dtype.kind != "f":
+        raise ValueError(f"{where} holds {positions.dtype} positions, expected floats in metres (integers are "
+                         "usually millimetres): convert to metres as floats")
     with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf, refused below
         poses = np.array(positions, dtype=np.float32)  # [L, J+1, 3] (a copy)
         poses[:, 1:] -= poses[:, :1]
     if not np.isfinite(poses).all():
         raise ValueError(f"{where} contains NaN or inf positions: repair or drop this sequence")
+    with np.errstate(over="ignore"):  # a square beyond float32: inf, refused below
+        reach = float(np.linalg.norm(poses[:, 1:], axis=-1).max(initial=0.0))
+    if reach > MAX_REACH:
+        raise ValueError(f"{where} has a joint {reach:.4g} from the root, more than a body's {MAX_REACH} m: "
+                         "positions must be in metres (divide millimetres by 1000)")
     return poses
