@@ -17,13 +17,12 @@ import torch
 
 from .checkpoints import load_model
 from .data.dataset import Skeleton
-from .data.skeletons import AMASS, H36M, H36M_FILE_NAMES, H36M_KEPT
+from .data.skeletons import AMASS, H36M, H36M_FILE_NAMES, H36M_KEPT, MAX_REACH
 from .metrics import apd
 from .model import SPARD
 from .runs import find_checkpoint
 from .samplers import STAGE_SAMPLER, get_sampler
 
-MAX_REACH = 4.0  # metres: no joint of a body lies farther from its root
 MAX_DISTANCE = 1e4  # metres: roots farther from the origin lose float32 precision (1 mm at 10 km)
 ROWS_PER_CALL = 512  # sampled futures per network call when batch_size is not given (bounds working memory)
 
