@@ -89,7 +89,7 @@ class Predictor:
     (`file_num_joints`; Human3.6M: 32, of which the 17 `kept` slots are used).
 
     The futures `[B, K, t_pred, J, 3]` always hold the model's own joints (Human3.6M: 17, in `joint_names`
-    order, whichever layout came in), in the history's units and axes. The model predicts the pose relative
+    order, whichever layout came in), in metres like the history. The model predicts the pose relative
     to the root, not the global path: in the futures the root stays at its last observed position, so the
     futures overlay the history directly.
     """
@@ -194,9 +194,11 @@ class Predictor:
         if not (_is_int(num_samples) and num_samples >= 1):
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         if batch_size is not None and not (_is_int(batch_size) and batch_size >= 1):
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        if seed is not None and not (_is_int(seed) and 0 <= seed < 2 ** 64):
-            raise ValueError(f"seed must be an integer or None; an integer from 0 to 2**64 - 1, got {seed!r}")
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if seed is not None and not _is_int(seed):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}")
+        if seed is not None and not 0 <= seed < 2 ** 64:
+            raise ValueError(f"seed {seed} is out of range: use an integer from 0 to 2**64 - 1")
         if name == "np" and self.stage != "np":
             raise ValueError(f"a '{self.stage}' checkpoint has no trained noise predictor; use sampler 'ddim' or 'onestep'")
         return get_sampler(name)

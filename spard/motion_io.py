@@ -193,7 +193,10 @@ def read_bvh(path: Path) -> Motion:
     in each joint's channel order; the root sits at its position channels (its OFFSET is ignored, as pybvh
     and most readers do).
     """
-    import pybvh
+    try:
+        import pybvh
+    except ImportError:
+        raise ValueError(f"reading {path} needs pybvh, a dependency of spard: pip install 'pybvh>=0.9,<0.10'") from None
 
     from .geometry import euler_to_matrix, forward_kinematics
 

@@ -193,7 +193,7 @@ def test_implausible_histories_and_options_are_refused(h36m, ckpt_dir):
     far_joint[:, 5] = 1e20
     one_line_error(lambda: h36m.predict(far_joint), "from the root")
     for seed in (2 ** 64, -1):
-        one_line_error(lambda: h36m.predict(history, seed=seed), f"seed must be an integer.*got {seed}")
+        one_line_error(lambda: h36m.predict(history, seed=seed), f"seed {seed} is out of range")
     for device in ("nope", "cuda:99" if torch.cuda.is_available() else "cuda"):
         one_line_error(lambda: Predictor.from_checkpoint(ckpt_dir / "np", device=device), f"device '{device}'")
 

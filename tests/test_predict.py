@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.transform import Rotation
 
 from conftest import tiny_config
 from spard.api import Predictor
@@ -73,14 +74,17 @@ def test_cmu_npz_round_trip(ckpt, cmu_dir, walk, tmp_path):
     assert p.checkpoint_sha256 == hashlib.sha256(ckpt.read_bytes()).hexdigest()
 
 
-def test_seeded_sampling_is_reproducible(ckpt, cmu_dir, tmp_path):
+def test_all_recordings_and_seeded_sampling(ckpt, cmu_dir, tmp_path):
     source = cmu_dir / CMU_FILE
-    runs = [predict(ckpt, source, tmp_path / f"{i}.npz", "--subject", "S11", "--sampler", "ddim", "--seed", seed).futures
-            for i, seed in enumerate((3, 3, 4))]
-    recordings = len(read_positions(source)["S11"])
-    assert runs[0].shape == (recordings, K, 100, 17, 3)  # every recording of S11, the last 25 frames of each
-    np.testing.assert_array_equal(runs[0], runs[1])
-    assert not np.allclose(runs[0], runs[2])
+    every = predict(ckpt, source, tmp_path / "s11.npz", "--subject", "S11")
+    recordings = list(read_positions(source)["S11"])
+    assert every.futures.shape == (len(recordings), K, 100, 17, 3)  # the last 25 frames of each recording
+    assert [name.split(" @ ")[0] for name in every.window_names] == [f"S11/{a}" for a in recordings]
+    runs = [predict(ckpt, source, tmp_path / f"{i}.npz", "--action", "Walking 4", "--sampler", "ddim", "--seed", seed)
+            for i, seed in enumerate((3, 3, 4))]  # "Walking 4" is a recording of S11 only
+    assert runs[0].window_names == ["S11/Walking 4 @ 2.14 s"] and runs[0].sampler == "ddim"
+    np.testing.assert_array_equal(runs[0].futures, runs[1].futures)
+    assert not np.allclose(runs[0].futures, runs[2].futures)
 
 
 def test_arrays_csv_and_json(ckpt, walk, tmp_path):
@@ -122,6 +126,7 @@ BODY = [("Hips", None, (0, 0, 0)),
 END_SITES = {"Head": (0, 18, 0), "LeftFoot": (0, -5, 12), "RightFoot": (0, -5, 12), "LeftHand": (8, 0, 0),
              "RightHand": (-8, 0, 0)}
 FPS, SECONDS, SPEED, HEIGHT = 120, 3.0, 120.0, 95.0  # a walk forward along +z at 1.2 m/s, hips 95 cm high
+ARM = (-60.0, 30.0)  # the left upper arm's Zrotation and Yrotation (degrees), held
 
 
 def swing(t):
@@ -154,6 +159,7 @@ def write_bvh(path, rename=lambda name: name, frame_time=1 / FPS):
     values[:, 1], values[:, 2] = HEIGHT, SPEED * t
     values[:, 3 + 3 * order.index("LeftUpLeg") + 1] = swing(t)
     values[:, 3 + 3 * order.index("RightUpLeg") + 1] = -swing(t)
+    values[:, 3 + 3 * order.index("LeftArm") + np.array([0, 2])] = ARM  # Zrotation, Yrotation
     lines += ["MOTION", f"Frames: {len(t)}", f"Frame Time: {frame_time:.10f}"]
     lines += [" ".join(f"{v:.6f}" for v in row) for row in values]
     path.write_text("\n".join(lines) + "\n")
@@ -174,6 +180,10 @@ def test_bvh_round_trip(ckpt, tmp_path):
     np.testing.assert_allclose(history[:, 5], knee, atol=0.05)  # 120 -> 50 fps interpolation error ~0.005 cm
     np.testing.assert_allclose(history[:, 7], history[:, 0] + [0, 17, 0], atol=1e-3)  # CMU spine: top of LowerBack
     np.testing.assert_allclose(history[:, 10], history[:, 0] + [0, 69, 0], atol=1e-3)  # head: its End Site
+    shoulder = history[:, 0] + [18, 39, 0]  # LowerBack + Spine + Spine1 + LeftShoulder + LeftArm offsets
+    np.testing.assert_allclose(history[:, 11], shoulder, atol=1e-3)
+    arm = Rotation.from_euler("ZXY", [ARM[0], 0, ARM[1]], degrees=True).as_matrix()  # intrinsic, channel order
+    np.testing.assert_allclose(history[:, 12], shoulder + arm @ [28, 0, 0], atol=1e-3)  # the elbow
     # the futures overlay the history in the file's frame: root held at the last observed one (exactly)
     np.testing.assert_array_equal(p.futures[0, :, :, 0], np.broadcast_to(history[-1, 0], (K, 100, 3)))
     # they are the model's futures for the history in metres with z up, brought back to centimetres, y up
