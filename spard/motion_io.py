@@ -88,7 +88,7 @@ def read_motions(path: str | Path, subject: str | None = None, action: str | Non
         try:
             array = np.load(path, allow_pickle=False)
         except Exception as e:  # noqa: BLE001 - not an npy file, object arrays (pickles), truncated, ...
-            raise ValueError(f"{path} is not a numeric .npy array ({first_line(e)})") from None
+            raise ValueError(f"{path} is not a numeric .npy array ({_reason(e)})") from None
     elif kind == ".csv":
         array = _csv_array(path)
     else:
@@ -97,6 +97,12 @@ def read_motions(path: str | Path, subject: str | None = None, action: str | Non
     if array.ndim == 3:
         return [Motion(path.stem, array, None)]
     return [Motion(f"{path.stem}[{b}]", clip, None) for b, clip in enumerate(array)]
+
+
+def _reason(error: Exception) -> str:
+    """Why numpy did not load an array; pickles are never loaded (they could run code)."""
+    reason = first_line(error)
+    return "it holds pickled Python objects, which are never loaded" if "pickle" in reason else reason
 
 
 def _opened_npz(path: Path):
@@ -115,7 +121,7 @@ def _npz_array(path: Path, npz) -> np.ndarray:
     try:
         return npz["positions" if "positions" in names else names[0]]
     except Exception as e:  # noqa: BLE001 - object arrays (pickles) refused, damaged member, ...
-        raise ValueError(f"{path} does not hold a numeric array ({first_line(e)})") from None
+        raise ValueError(f"{path} does not hold a numeric array ({_reason(e)})") from None
 
 
 def _numbers(array: np.ndarray, path: Path) -> np.ndarray:
@@ -205,7 +211,8 @@ def read_bvh(path: Path) -> Motion:
             warnings.simplefilter("ignore")
             bvh = pybvh.read_bvh_file(path, world_up="+y")  # the up axis is ours to choose: no guessing
     except Exception as e:  # noqa: BLE001 - a malformed file raises whatever the parser meets
-        raise ValueError(f"{path} is not a BVH file that can be read ({first_line(e)})") from None
+        detail = " ".join(str(e).replace(f" in file {path}", "").split())[:300] or type(e).__name__
+        raise ValueError(f"{path} is not a BVH file that can be read ({detail})") from None
     nodes = bvh.nodes
     index = {id(node): i for i, node in enumerate(nodes)}
     parents = [-1] + [index[id(node.parent)] for node in nodes[1:]]
@@ -374,6 +381,8 @@ def prepare(motion: Motion, target: Target, frame: Frame, *, joint_map: dict | N
     """Joints picked, frame rate brought to the checkpoint's, units and axes converted, each step checked."""
     where = where or motion.name
     poses, how = select_joints(motion, target, joint_map, where)  # [L, J, 3]
+    if not len(poses):
+        raise ValueError(f"{where} holds no frames")
     bad = np.flatnonzero(~np.isfinite(poses).all(axis=(1, 2)))
     if bad.size:
         raise ValueError(f"{where}: {bad.size} frame{'s' if bad.size > 1 else ''} (first: {bad[0]}) with NaN or "

@@ -6,8 +6,10 @@
 
 Input (see `spard.motion_io`): a Human3.6M-format npz (all sequences, or --subject/--action), an array
 `[T, J, 3]` or `[B, T, J, 3]` (.npy/.npz), a CSV (one row per frame: x, y, z of each joint, an optional
-header line), or a BVH file (joints found by name: the CMU and Human3.6M namings are built in, --joint_map
-names them for other skeletons). The motion is resampled to the checkpoint's frame rate (BVH: its Frame
+header line), or a BVH file. Arrays and CSV hold the checkpoint's joints in its order, or all joints of its
+dataset's file layout (Human3.6M: 32); a BVH file's joints are found by name (the CMU and Human3.6M namings
+are built in). For other layouts --joint_map gives each checkpoint joint its array index or BVH joint name
+(an End Site is "<joint>_end"). The motion is resampled to the checkpoint's frame rate (BVH: its Frame
 Time; arrays and CSV: --input_fps, else taken to be at the checkpoint's rate) and converted to metres with
 z up for the model (--input_units, --input_up), after checks of the body's size and speed.
 
@@ -67,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
     from .cli import _Parser, _positive
 
     p = _Parser(prog="spard predict", description=__doc__.split("\n\n")[0],
-                epilog="See the module docstring of spard.predict for the formats.")
+                epilog="\n\n".join(__doc__.split("\n\n")[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a spard checkpoint, or a stage folder (results/demo/np)")
     p.add_argument("--input", required=True, help="motion file: .bvh, .csv, .npy, or .npz (an array or Human3.6M format)")
     p.add_argument("--out", required=True, help="predictions file to write (.npz, or .json)")

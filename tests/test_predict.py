@@ -236,6 +236,9 @@ def test_bad_inputs_are_refused_in_one_line(ckpt, cmu_dir, walk, tmp_path, capsy
     for source, options, message in cases:
         assert re.search(message, refused(capsys, ckpt, source, out, *options)), message
 
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
+    assert "holds pickled Python objects, which are never loaded" in refused(capsys, ckpt, tmp_path / "objects.npy", out)
+    assert "holds no frames" in refused(capsys, ckpt, saved("empty.npy", walk[:0]), out)
     (tmp_path / "odd.csv").write_text("1,2,3,4\n5,6,7,8\n")
     assert "4 columns, not a multiple of 3" in refused(capsys, ckpt, tmp_path / "odd.csv", out)
     (tmp_path / "walk.txt").write_text("1 2 3\n")
