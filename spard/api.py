@@ -3,33 +3,76 @@
     from spard import Predictor
     p = Predictor.from_checkpoint("results/demo/np/np_ckpt.pt")    # or the stage folder
     futures = p.predict(history, num_samples=50)                    # history [t_his, J, 3], metres
+    p.joint_names, p.parents, p.fps                                 # the skeleton of the futures
+    p.last.apd, p.last.sampler                                      # what the last predict returned
 """
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .checkpoints import load_model
+from .devices import resolve_device
+from .data.dataset import Skeleton
+from .data.skeletons import AMASS, H36M, H36M_FILE_NAMES, H36M_KEPT, MAX_REACH
+from .metrics import apd
 from .model import SPARD
 from .runs import find_checkpoint
 from .samplers import get_sampler
 from .stages import STAGES
+
+MAX_DISTANCE = 1e4  # metres: roots farther from the origin lose float32 precision (1 mm at 10 km)
+ROWS_PER_CALL = 512  # sampled futures per network call when batch_size is not given (bounds working memory)
 
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def dataset_layout(name: str, joints: int) -> tuple[Skeleton, list[int], int]:
+    """(skeleton of the `joints` joints a model of dataset `name` predicts, their slots in the dataset
+    file's layout, the number of joints in that layout). Human3.6M files hold 32 joints, 17 of them kept."""
+    if name == "h36m" and joints == len(H36M.names):
+        return H36M, list(H36M_KEPT), len(H36M_FILE_NAMES)
+    if name == "amass" and joints == len(AMASS.names):
+        return AMASS, list(range(joints)), joints
+    if name == "deepmimic":
+        from .data.deepmimic import skeleton
+
+        if joints == len(skeleton().names):
+            return skeleton(), list(range(joints)), joints
+    # a dataset of another layout: joints named by index, hanging from the root
+    generic = Skeleton(names=[f"joint_{i}" for i in range(joints)], parents=[-1] + [0] * (joints - 1), left=[], right=[])
+    return generic, list(range(joints)), joints
+
+
+@dataclass(frozen=True)
+class PredictionInfo:
+    """What the last `Predictor.predict` call returned."""
+
+    sampler: str  # "ddim", "onestep" or "np"
+    num_samples: int  # K futures per history
+    seed: int | None  # the noise seed of ddim/onestep (None: fresh noise; np draws none)
+    apd: np.ndarray  # [B] float64: average pairwise distance of each history's K futures (metres, the
+    #                  protocol's APD: root-relative joints, whole futures flattened; 0 when K = 1)
+
+
 class Predictor:
     """Stochastic motion prediction from a trained spard checkpoint.
 
-    Poses are `[frames, J, 3]` in the dataset's joint layout (`num_joints` joints, joint 0 the root
-    at its absolute position), metres, the dataset's axes (z up). The model predicts the pose
-    relative to the root, not the global path: in the returned futures the root stays at its last
-    observed position, so the futures overlay the history directly.
+    A history is `[frames, J, 3]` (or a batch `[B, frames, J, 3]`): absolute positions in metres, the
+    dataset's axes (z up), at the checkpoint's `fps`; only the last `t_his` frames are used. J is either the
+    model's own joints (`joint_names`, root first) or all joints of the dataset's file layout
+    (`file_num_joints`; Human3.6M: 32, of which the 17 `kept` slots are used).
+
+    The futures `[B, K, t_pred, J, 3]` always hold the model's own joints (Human3.6M: 17, in `joint_names`
+    order, whichever layout came in), in metres like the history. The model predicts the pose relative
+    to the root, not the global path: in the futures the root stays at its last observed position, so the
+    futures overlay the history directly.
     """
 
     def __init__(self, model: SPARD, stage: str, sampler: str | None = None):
@@ -39,12 +82,13 @@ class Predictor:
         get_sampler(self.sampler)
         if self.sampler == "np" and stage != "np":
             raise ValueError(f"a '{stage}' checkpoint has no trained noise predictor; use sampler 'ddim' or 'onestep'")
+        self.skeleton, self.kept, self.file_num_joints = dataset_layout(model.cfg.data.name, self.num_joints)
+        self.last: PredictionInfo | None = None  # set by every successful predict
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", sampler: str | None = None) -> "Predictor":
         """A checkpoint file or a stage folder (`results/demo/np`); the sampler follows the stage."""
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: CUDA is not available here; use device='cpu'")
+        device = resolve_device(device)
         model, ckpt = load_model(find_checkpoint(path), map_location="cpu")
         return cls(model.to(device), ckpt["stage"], sampler)
 
@@ -59,8 +103,23 @@ class Predictor:
 
     @property
     def num_joints(self) -> int:
-        """Joints per pose, root included."""
+        """Joints per predicted pose, root included."""
         return self.model.cfg.data.num_joints + 1
+
+    @property
+    def joint_names(self) -> list[str]:
+        """Names of the predicted joints, root first."""
+        return list(self.skeleton.names)
+
+    @property
+    def parents(self) -> list[int]:
+        """Parent of each predicted joint (-1 for the root)."""
+        return list(self.skeleton.parents)
+
+    @property
+    def dataset(self) -> str:
+        """The dataset the checkpoint was trained on ("h36m", "amass", "deepmimic")."""
+        return self.model.cfg.data.name
 
     @property
     def fps(self) -> float:
@@ -71,58 +130,110 @@ class Predictor:
         return self.model.sqrt_etas.device
 
     def _check(self, history) -> torch.Tensor:
-        """`history` as a float32 tensor `[B, frames, J, 3]`, or a one-line ValueError saying what is wrong."""
+        """The poses `predict` uses: float32 `[B, t_his, J, 3]` on the model's device, the model's own joints;
+        or a one-line ValueError saying what is wrong."""
         if isinstance(history, np.ndarray):
             if not np.issubdtype(history.dtype, np.floating):
                 raise ValueError(f"history must hold floating-point positions in metres, got dtype {history.dtype}")
-            with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused below
-                history = torch.from_numpy(np.ascontiguousarray(history, dtype=np.float32))
         elif not isinstance(history, torch.Tensor):
             raise ValueError(f"history must be a numpy array or torch tensor, got {type(history).__name__}")
         elif not history.is_floating_point():
             raise ValueError(f"history must hold floating-point positions in metres, got dtype {history.dtype}")
         want = f"[t_his={self.t_his}, J={self.num_joints}, 3] or [B, t_his, J, 3]"
-        if history.dim() not in (3, 4) or tuple(history.shape[-2:]) != (self.num_joints, 3):
-            raise ValueError(f"history must be {want}, got {list(history.shape)}")
-        if history.dim() == 4 and history.shape[0] == 0:
+        joints = (self.num_joints, self.file_num_joints)
+        if history.ndim not in (3, 4) or history.shape[-1] != 3 or history.shape[-2] not in joints:
+            also = f"; J may also be {self.file_num_joints}, the dataset file's layout" if joints[1] != joints[0] else ""
+            raise ValueError(f"history must be {want}, got {list(history.shape)}{also}")
+        if history.ndim == 4 and history.shape[0] == 0:
             raise ValueError("history holds an empty batch [0, t_his, J, 3]; give at least one history")
         if history.shape[-3] < self.t_his:
             raise ValueError(f"history has {history.shape[-3]} frames, the model needs at least t_his={self.t_his}")
-        history = history.float()
-        if not torch.isfinite(history).all():
+        recent = history[..., -self.t_his:, :, :]  # a view: only the used frames are copied below
+        if history.shape[-2] != self.num_joints:
+            recent = recent[..., self.kept, :]
+        if isinstance(recent, np.ndarray):
+            with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused below
+                poses = torch.from_numpy(np.ascontiguousarray(recent, dtype=np.float32))
+        else:
+            poses = recent.float()
+        poses = poses.to(self.device)
+        poses = poses if poses.dim() == 4 else poses[None]  # [B, t_his, J, 3]
+        if not torch.isfinite(poses).all():
             raise ValueError("history contains NaN or infinite values; fill or drop those frames first")
-        return history if history.dim() == 4 else history[None]
+        far = poses[..., 0, :].abs().amax().item()
+        if far > MAX_DISTANCE:
+            raise ValueError(f"history's root lies {far:.3g} m from the origin, beyond {MAX_DISTANCE:g} m; give "
+                             f"positions in metres near the origin (subtract a fixed offset first)")
+        reach = (poses[..., 1:, :] - poses[..., :1, :]).norm(dim=-1).amax().item()
+        if reach > MAX_REACH:
+            raise ValueError(f"history has a joint {reach:.3g} m from the root, but a body reaches at most "
+                             f"{MAX_REACH:g} m; give positions in metres (from cm: divide by 100, mm: by 1000)")
+        return poses
 
     def _sampler(self, name: str, num_samples, batch_size, seed):
         """The sampler function, after one-line checks of predict's options."""
-        for what, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-            if not (_is_int(value) and value >= 1):
-                raise ValueError(f"{what} must be a positive integer, got {value!r}")
+        if not (_is_int(num_samples) and num_samples >= 1):
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if batch_size is not None and not (_is_int(batch_size) and batch_size >= 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if seed is not None and not _is_int(seed):
             raise ValueError(f"seed must be an integer or None, got {seed!r}")
+        if seed is not None and not 0 <= seed < 2 ** 64:
+            raise ValueError(f"seed {seed} is out of range: use an integer from 0 to 2**64 - 1")
         if name == "np" and self.stage != "np":
             raise ValueError(f"a '{self.stage}' checkpoint has no trained noise predictor; use sampler 'ddim' or 'onestep'")
         return get_sampler(name)
 
+    def _noise(self, windows: int, num_samples: int, generator) -> torch.Tensor:
+        """Starting noise `[K, windows, n_pre, D]`, drawn window by window so that a window's noise depends on
+        the seed and its place in the batch, not on how the batch is cut into network calls."""
+        shape = (num_samples, self.model.n_pre, self.model.cfg.data.dim)
+        return torch.stack([torch.randn(shape, generator=generator, device=self.device) for _ in range(windows)], 1)
+
     @torch.no_grad()
     def predict(self, history, num_samples: int = 50, *, sampler: str | None = None, seed: int | None = 0,
-                batch_size: int = 256):
-        """Futures `[B, K, t_pred, J, 3]` for a history `[t_his, J, 3]` (B = 1) or `[B, t_his, J, 3]`.
+                batch_size: int | None = None):
+        """Futures `[B, K, t_pred, J, 3]` for a history `[frames, J, 3]` (B = 1) or `[B, frames, J, 3]`.
 
-        Returns the input's type (numpy in, numpy out). `seed` fixes the noise of ddim/onestep
-        (None: fresh noise); np futures are a deterministic function of the history.
+        Returns the input's type and dtype (numpy in, numpy out). `seed` fixes the noise of ddim/onestep
+        (None: fresh noise); np futures are a deterministic function of the history. Histories go through
+        the network `batch_size` at a time (default: about 512 futures per call) and their futures are
+        written into one preallocated array, so memory stays near the size of the result. `self.last`
+        then tells the sampler used and the APD of each history's futures.
         """
-        poses = self._check(history)[:, -self.t_his:].to(self.device)  # [B, t_his, J, 3] float32
-        sample = self._sampler(sampler or self.sampler, num_samples, batch_size, seed)
-        as_numpy = isinstance(history, np.ndarray)
-        root = poses[:, :, :1]  # [B, t_his, 1, 3]
-        relative = (poses[:, :, 1:] - root).flatten(-2)  # [B, t_his, D]
+        poses = self._check(history)  # [B, t_his, J, 3] float32 on the model's device
+        name = sampler or self.sampler
+        sample = self._sampler(name, num_samples, batch_size, seed)
+        step = batch_size or max(1, ROWS_PER_CALL // num_samples)
+        shape = (poses.shape[0], num_samples, self.t_pred, self.num_joints, 3)
+        if isinstance(history, np.ndarray):
+            out = np.empty(shape, dtype=history.dtype)
+        else:
+            out = torch.empty(shape, dtype=history.dtype, device=history.device)
+        spread = np.empty(poses.shape[0])  # [B] APD
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
-        chunks = []
-        for part in relative.split(batch_size):
-            traj = sample(self.model, part, num_samples, generator=generator)  # [b, K, T, D]
-            chunks.append(traj[:, :, self.t_his:])
-        future = torch.cat(chunks).unflatten(-1, (-1, 3))  # [B, K, t_pred, J-1, 3]
-        last_root = root[:, -1][:, None, None].expand(-1, future.shape[1], future.shape[2], 1, 3)
-        out = torch.cat([last_root, future + last_root], dim=-2)  # [B, K, t_pred, J, 3]
-        return out.cpu().numpy().astype(history.dtype, copy=False) if as_numpy else out.to(history.device, history.dtype)
+        for start in range(0, poses.shape[0], step):
+            part = poses[start:start + step]  # [b, t_his, J, 3]
+            root = part[:, -1:, :1]  # [b, 1, 1, 3] the last observed root
+            relative = (part[:, :, 1:] - part[:, :, :1]).flatten(-2)  # [b, t_his, D]
+            noise = None if name == "np" else self._noise(part.shape[0], num_samples, generator)
+            future = sample(self.model, relative, num_samples, noise=noise)[:, :, self.t_his:]  # [b, K, t_pred, D]
+            spread[start:start + len(part)] = apd(future).double().cpu().numpy()
+            future = future.unflatten(-1, (-1, 3))  # [b, K, t_pred, J-1, 3] root-relative
+            dst = out[start:start + len(part)]  # [b, K, t_pred, J, 3], filled in place
+            if isinstance(dst, np.ndarray):
+                future, root = future.cpu().numpy(), root[:, None].cpu().numpy()  # root [b, 1, 1, 1, 3]
+                dst[..., :1, :] = root
+                np.add(future, root, out=dst[..., 1:, :])
+                finite = np.isfinite(dst).all()
+            else:
+                root = root[:, None]  # [b, 1, 1, 1, 3]
+                dst[..., :1, :] = root
+                dst[..., 1:, :] = future + root
+                finite = bool(torch.isfinite(dst).all())
+            if not finite:
+                raise ValueError(f"the model returned non-finite futures (sampler {name}, history {start} or after): "
+                                 f"its weights may be damaged; retrain or use an intact checkpoint")
+        self.last = PredictionInfo(sampler=name, num_samples=num_samples, seed=None if name == "np" else seed,
+                                   apd=spread)
+        return out

@@ -176,18 +176,7 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> str:
-    """A torch device name, checked; `cuda...` falls back to the CPU, with a note, when there is no GPU."""
-    import torch
+    """`--device` checked (one line when it is not usable); `cuda` falls back to the CPU, with a note, without a GPU."""
+    from .devices import resolve_device as resolve
 
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name!r} is not a torch device; use e.g. cuda:0 or cpu") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"CUDA is not available: using the CPU instead of {name}", file=sys.stderr)
-        return "cpu"
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name!r}: spard runs on cpu or cuda devices")
-    return name
+    return str(resolve(name, cpu_fallback=True))

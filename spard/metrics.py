@@ -20,28 +20,6 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-# ------------------------------------------------------------------------------------------------
-# Class lists and CMD reference tables (formats.md §1.4, §2.3, §4.5)
-
-H36M_CLASSES = (
-    "Directions", "Discussion", "Eating", "Greeting", "Phoning", "Posing", "Purchases", "Sitting",
-    "SittingDown", "Smoking", "Photo", "Waiting", "Walking", "WalkDog", "WalkTogether",
-)
-AMASS_TEST_CLASSES = ("DFaust", "DanceDB", "GRAB", "HUMAN4D", "SOMA", "SSM", "Transitions")
-
-# Mean GT frame-to-frame joint displacement per class (metres/frame) used by SPARD/CoMusion,
-# in the class order above.
-H36M_CMD_REFERENCE = (
-    0.004528946212615328, 0.005068199383505345, 0.003978791804673771, 0.005921345536787865,
-    0.003595039379111546, 0.004192961478268034, 0.005664689143238568, 0.0024945400286369122,
-    0.003543066357658834, 0.0035990843311130487, 0.004356865838457266, 0.004219841185066826,
-    0.007528046315984569, 0.007054820734533077, 0.006751761745020258,
-)
-AMASS_CMD_REFERENCE = (
-    0.00427221349493322, 0.008289838197001043, 0.0016145416139357026, 0.004560201420525195,
-    0.007548907591298325, 0.0052984837093390524, 0.007567679516515443,
-)
-
 
 def _expect(x: Tensor, dims: str, name: str) -> None:
     """One-line ValueError unless `x` has as many dimensions as `dims` names ("B, S, t_pred, D")."""

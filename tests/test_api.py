@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import randomized, tiny_config
 from spard import Predictor
+from spard.data.skeletons import H36M, H36M_KEPT
+from spard.metrics import apd
 from spard.checkpoints import CheckpointError, save_checkpoint
 from spard.model import SPARD
 
@@ -126,3 +128,80 @@ def test_bad_options_and_checkpoints(ckpt_dir, predictor, tmp_path):
     one_line_error(lambda: Predictor.from_checkpoint(tmp_path / "missing.pt"), "does not exist")
     with pytest.raises(CheckpointError, match="holds none of"):
         Predictor.from_checkpoint(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# the skeleton, the dataset file's layout, and what the last prediction was
+
+def test_skeleton_is_exposed(predictor):
+    from spard.data.deepmimic import skeleton
+
+    p = predictor
+    assert (p.dataset, p.fps, p.t_his, p.t_pred) == ("deepmimic", 30.0, 15, 30)
+    assert p.joint_names == skeleton().names and p.parents == skeleton().parents
+    assert p.kept == list(range(18)) and p.file_num_joints == 18
+
+
+@pytest.fixture(scope="module")
+def h36m():
+    torch.manual_seed(0)
+    return Predictor(randomized(SPARD(tiny_config("h36m"))), "np")
+
+
+def test_human36m_file_layout_in_kept_joints_out(h36m):
+    assert (h36m.joint_names, h36m.parents, h36m.kept, h36m.file_num_joints) == \
+        (H36M.names, H36M.parents, H36M_KEPT, 32)
+    rng = np.random.default_rng(0)
+    raw = (rng.normal(0, 0.3, (2, 30, 32, 3)) + [0, 0, 1]).astype(np.float32)  # 30 frames of the 32 joints
+    out = h36m.predict(raw, num_samples=3)
+    assert out.shape == (2, 3, 100, 17, 3)  # the 17 kept joints
+    np.testing.assert_array_equal(out, h36m.predict(raw[:, :, H36M_KEPT], num_samples=3))
+    torch_out = h36m.predict(torch.from_numpy(raw[0]), num_samples=3)
+    np.testing.assert_allclose(torch_out.numpy(), out[:1], atol=1e-5)  # a batch of one: other float rounding
+    one_line_error(lambda: h36m.predict(raw[:, :, :20], num_samples=2),
+                   r"got \[2, 30, 20, 3\]; J may also be 32, the dataset file's layout")
+
+
+def test_last_tells_sampler_and_diversity(h36m):
+    history = (np.random.default_rng(1).normal(0, 0.3, (3, 25, 17, 3)) + [0, 0, 1]).astype(np.float32)
+    out = h36m.predict(history, num_samples=4, sampler="ddim", seed=7)
+    last = h36m.last
+    assert (last.sampler, last.num_samples, last.seed, last.apd.shape) == ("ddim", 4, 7, (3,))
+    relative = torch.from_numpy(out[..., 1:, :] - out[..., :1, :]).flatten(-2)  # [B, K, t_pred, D]
+    np.testing.assert_allclose(last.apd, apd(relative).numpy(), rtol=1e-5)
+    assert (last.apd > 0).all()
+    h36m.predict(history, num_samples=1)
+    assert (h36m.last.sampler, h36m.last.seed, h36m.last.apd.tolist()) == ("np", None, [0.0, 0.0, 0.0])
+
+
+def test_batches_are_cut_without_changing_the_futures(h36m):
+    """A history's noise depends on the seed and its place in the batch, not on how the batch is cut."""
+    history = (np.random.default_rng(2).normal(0, 0.3, (5, 25, 17, 3)) + [0, 0, 1]).astype(np.float32)
+    whole = h36m.predict(history, num_samples=3, sampler="onestep", seed=5)
+    for batch_size in (1, 2):
+        np.testing.assert_allclose(h36m.predict(history, num_samples=3, sampler="onestep", seed=5,
+                                                batch_size=batch_size), whole, atol=1e-5)
+    np.testing.assert_allclose(h36m.predict(history[0], num_samples=3, sampler="onestep", seed=5), whole[:1],
+                               atol=1e-5)
+
+
+def test_implausible_histories_and_options_are_refused(h36m, ckpt_dir):
+    history = (np.random.default_rng(3).normal(0, 0.3, (25, 17, 3)) + [0, 0, 1]).astype(np.float32)
+    one_line_error(lambda: h36m.predict(np.full((25, 17, 3), 1e20)), r"root lies 1e\+20 m from the origin")
+    one_line_error(lambda: h36m.predict(history * 1000), r"a joint .* m from the root.*in metres")
+    far_joint = history.copy()
+    far_joint[:, 5] = 1e20
+    one_line_error(lambda: h36m.predict(far_joint), "from the root")
+    for seed in (2 ** 64, -1):
+        one_line_error(lambda: h36m.predict(history, seed=seed), f"seed {seed} is out of range")
+    for device in ("nope", "cuda:99" if torch.cuda.is_available() else "cuda"):
+        one_line_error(lambda: Predictor.from_checkpoint(ckpt_dir / "np", device=device), f"device '{device}'")
+
+
+def test_non_finite_futures_are_never_returned(ckpt_dir):
+    broken = Predictor.from_checkpoint(ckpt_dir / "np")
+    with torch.no_grad():
+        next(broken.model.denoiser.parameters()).fill_(float("inf"))
+    history = np.zeros((15, 18, 3), np.float32) + [0, 0, 0.9]
+    one_line_error(lambda: broken.predict(history, num_samples=2), "non-finite futures")
+    assert broken.last is None

@@ -11,7 +11,7 @@ from conftest import REPO, shared_path
 
 from spard.config import preset
 from spard.data import AMASS, load_dataset
-from spard.metrics import AMASS_CMD_REFERENCE
+from spard.data.amass import AMASS_CMD_REFERENCE
 from spard.data.protocol import read_mmapd, read_segments
 
 zarr = pytest.importorskip("zarr")

@@ -11,7 +11,7 @@ from conftest import shared_path
 from spard.config import preset
 from spard.data import H36M, load_dataset
 from spard.data.dataset import Clip
-from spard.metrics import H36M_CLASSES, H36M_CMD_REFERENCE
+from spard.data.h36m import H36M_CLASSES, H36M_CMD_REFERENCE
 from spard.data.protocol import cut, read_mmapd, read_segments, rule_starts, segment_starts
 from spard.data.skeletons import H36M_KEPT
 
@@ -115,7 +115,12 @@ def test_published_h36m_mmapd_parses():
 def test_classes_default_to_sorted_categories_and_rule_windows(tmp_path):
     raw = write_npz(tmp_path / "data_3d_h36m.npz", TINY)
     ds = load_dataset(tiny_cfg(tmp_path, val_fraction=0.3))
-    assert ds.classes == ["Sit", "Walk"] and ds.cmd_reference is None and ds.mmapd is None
+    assert ds.classes == ["Sit", "Walk"] and ds.mmapd is None
+    # no published table: each class's mean joint displacement per frame over its test windows' futures
+    future = ds.test_windows[:, 25:, 1:].astype(np.float64)  # [N, t_pred, J, 3]
+    motion = np.linalg.norm(np.diff(future, axis=1), axis=-1).mean(axis=(1, 2))  # [N]
+    expected = [motion[ds.test_labels == c].mean() for c in range(2)]
+    np.testing.assert_allclose(ds.cmd_reference, expected, rtol=1e-6)
     assert [c.key for c in ds.test] == [("S9", "Walk"), ("S9", "Sit 3")]
     assert len(ds.test_windows) == 4 + 3  # starts 0, 25, ... while the window fits
     assert ds.test_labels.tolist() == [1] * 4 + [0] * 3

@@ -12,6 +12,8 @@ from scipy.spatial.distance import pdist, squareform
 
 from conftest import shared_path
 from spard import metrics as M
+from spard.data.amass import AMASS_CMD_REFERENCE, AMASS_TEST_CLASSES
+from spard.data.h36m import H36M_CLASSES, H36M_CMD_REFERENCE
 
 RTOL = 1e-5
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -96,13 +98,13 @@ def test_oracle_cmd(oracle, device):
     motion = M.motion_per_frame(t(oracle["met_pred"], device))
     assert motion.shape == (6, 99)
     close(motion, oracle["met_cmd_motion"])
-    close(M.cmd(motion, t(oracle["met_act"]), M.H36M_CMD_REFERENCE), oracle["met_CMD"])
+    close(M.cmd(motion, t(oracle["met_act"]), H36M_CMD_REFERENCE), oracle["met_CMD"])
 
 
 def test_h36m_cmd_reference_is_published_table(oracle):
-    np.testing.assert_array_equal(np.array(M.H36M_CMD_REFERENCE), oracle["met_cmd_ref_mean_motion_per_class"])
-    assert len(M.H36M_CMD_REFERENCE) == len(M.H36M_CLASSES) == 15
-    assert len(M.AMASS_CMD_REFERENCE) == len(M.AMASS_TEST_CLASSES) == 7
+    np.testing.assert_array_equal(np.array(H36M_CMD_REFERENCE), oracle["met_cmd_ref_mean_motion_per_class"])
+    assert len(H36M_CMD_REFERENCE) == len(H36M_CLASSES) == 15
+    assert len(AMASS_CMD_REFERENCE) == len(AMASS_TEST_CLASSES) == 7
 
 
 def test_oracle_meter_batches_and_merge(oracle):
@@ -226,7 +228,7 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="gt_multi"):
         M.mmade(torch.zeros(2, 5, 10, 6), [torch.zeros(1, 10, 6)])
     with pytest.raises(ValueError, match="labels"):
-        M.cmd(torch.zeros(3, 9), torch.zeros(2, dtype=torch.long), M.H36M_CMD_REFERENCE)
+        M.cmd(torch.zeros(3, 9), torch.zeros(2, dtype=torch.long), H36M_CMD_REFERENCE)
     with pytest.raises(ValueError, match="pred_features"):
         M.fid(torch.zeros(5, 30), torch.zeros(5, 29))
 

@@ -5,6 +5,8 @@
 
 Clip n of a dataset is `poses[start:end]` with key `(dataset, str(n))`; its class is the dataset. Class
 ids: the test datasets first, in split order (the published CMD ids 0..6), then the training datasets.
+Stores are read through `files.open_zarr`: metadata allow-listed, dtype and shape checked, chunks complete, then
+decoded.
 """
 from __future__ import annotations
 
@@ -13,53 +15,56 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
-from ..metrics import AMASS_CMD_REFERENCE, AMASS_TEST_CLASSES
 from .dataset import Clip, Dataset
-from .protocol import build_dataset, choose_classes
+from .files import open_zarr
+from .protocol import SPLITS, build_dataset, choose_classes
 from .skeletons import AMASS, root_relative
 
 HOW_TO = ("prepare AMASS with BeLFusion's preprocessing (data_loader/parsers/amass.py: <Dataset>/poses.zarr and "
           "poses_index.zarr per sub-dataset), or point --data_dir to the folder holding those sub-dataset folders")
 
+# The published test datasets (formats.md §2.3) and their CMD reference (§4.5), metres/frame, in that order.
+AMASS_TEST_CLASSES = ("DFaust", "DanceDB", "GRAB", "HUMAN4D", "SOMA", "SSM", "Transitions")
+AMASS_CMD_REFERENCE = (
+    0.00427221349493322, 0.008289838197001043, 0.0016145416139357026, 0.004560201420525195,
+    0.007548907591298325, 0.0052984837093390524, 0.007567679516515443,
+)
 
-def _read_store(path: Path, kinds: str) -> np.ndarray:
-    """A zarr array whose dtype kind is one of `kinds`; checked before reading, so no object codec ever runs."""
-    import zarr  # only AMASS users need it
 
-    try:
-        array = zarr.open_array(str(path), mode="r")
-        dtype = array.dtype
-        values = array[:] if dtype.kind in kinds else None
-    except Exception as e:  # noqa: BLE001 - missing or garbled .zarray, truncated chunks, ...
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ValueError(f"{path} cannot be read as a zarr array ({detail}): {HOW_TO}") from None
-    if values is None:
-        raise ValueError(f"{path} holds {dtype} values, expected {'floats' if kinds == 'f' else 'integers'}: {HOW_TO}")
-    return values
+# store -> (dtype kinds, what they are, does a shape fit, the expected shape in words)
+STORES = {
+    "poses.zarr": ("f", "floats", lambda shape: shape[1:] == (22, 3) and len(shape) == 3,
+                   "[F, 22, 3] (the 22 SMPL body joints)"),
+    "poses_index.zarr": ("iu", "integers", lambda shape: shape[1:] == (2,), "[n, 2] (start, end)"),
+}
 
 
 def read_dataset(root: Path, name: str) -> list[tuple[tuple[str, str], np.ndarray]]:
-    """((name, file_idx), poses `[L, 22, 3]` root-relative) of every file of one sub-dataset, in index order."""
+    """((name, file_idx), poses `[L, 22, 3]` root-relative) of every file of one sub-dataset, in index order.
+
+    Both stores' metadata (codecs, dtype, shape) are checked before either is decoded.
+    """
     folder = root / name
-    for store in ("poses.zarr", "poses_index.zarr"):
+    arrays = {}
+    for store, (kinds, values, fits, expected) in STORES.items():
         if not (folder / store).is_dir():
             raise FileNotFoundError(f"{folder / store} not found: {HOW_TO}")
-    positions = _read_store(folder / "poses.zarr", "f")  # [F, 22, 3]
-    index = _read_store(folder / "poses_index.zarr", "iu")  # [n, 2]
-    if positions.ndim != 3 or positions.shape[1:] != (22, 3):
-        raise ValueError(f"{folder / 'poses.zarr'} has shape {list(positions.shape)}, "
-                         "expected [F, 22, 3] (the 22 SMPL body joints)")
-    if index.ndim != 2 or index.shape[1] != 2:
-        raise ValueError(f"{folder / 'poses_index.zarr'} has shape {list(index.shape)}, expected [n, 2] (start, end)")
+        array = open_zarr(folder / store, HOW_TO)
+        if array.dtype.kind not in kinds:
+            raise ValueError(f"{folder / store} holds {array.dtype} values, expected {values}: {HOW_TO}")
+        if not fits(array.shape):
+            raise ValueError(f"{folder / store} has shape {list(array.shape)}, expected {expected}")
+        arrays[store] = array
+    positions, index = (arrays[store].read(HOW_TO) for store in STORES)  # [F, 22, 3], [n, 2]
     starts, ends = index.T
     if not ((0 <= starts) & (starts <= ends) & (ends <= len(positions))).all():
         raise ValueError(f"{folder / 'poses_index.zarr'} must hold [start, end) row ranges "
                          f"within the {len(positions)} rows of poses.zarr")
-    return [((name, str(n)), root_relative(positions[start:end], f"{name} file_idx {n}"))
+    return [((name, str(n)), root_relative(positions[start:end], f"{folder / 'poses.zarr'} file_idx {n}"))
             for n, (start, end) in enumerate(index.tolist())]
 
 
-def load_amass(cfg: DataConfig) -> Dataset:
+def load_amass(cfg: DataConfig, splits: tuple[str, ...] = SPLITS) -> Dataset:
     """The Dataset of BeLFusion's AMASS stores under `cfg.data_dir`."""
     root = Path(cfg.data_dir)
     if not root.is_dir():
@@ -69,9 +74,9 @@ def load_amass(cfg: DataConfig) -> Dataset:
     classes, cmd_reference, note = choose_classes(cfg, root, default, published_cmd)
     label = {name: i for i, name in enumerate(classes)}
 
-    def clips(splits):
-        return [Clip(key, label[name], poses) for name in splits for key, poses in read_dataset(root, name)]
+    def clips(names):
+        return [Clip(key, label[name], poses) for name in names for key, poses in read_dataset(root, name)]
 
-    train, test = clips(cfg.train_splits), clips(cfg.test_splits)
-    return build_dataset(cfg, root, AMASS, classes, cmd_reference, train, test, [note])
-
+    train = clips(cfg.train_splits) if "train" in splits else []
+    test = clips(cfg.test_splits)
+    return build_dataset(cfg, root, AMASS, classes, cmd_reference, train, test, [note], splits=splits)

@@ -24,7 +24,8 @@ Processing of a clip: quaternions normalised; a "wrap" clip is made seamless (it
 its first by up to ~60 degrees at some joints: that difference is spread linearly over the cycle, as is any
 root height and tilt difference) and tiled to LOOP_SECONDS, each cycle starting where the previous one ended
 (root translation and heading carried forward, as DeepMimic does); the timeline is resampled to `cfg.fps`
-(slerp of rotations, linear root position), then forward kinematics gives the points.
+(slerp of rotations, linear root position), then forward kinematics (`spard.geometry`) gives the points: the urdf
+becomes one joint per point, the end points being leaf joints fixed in their link.
 
 Split (deterministic, by time within each clip; there is one recording per action):
 - a tiled "wrap" clip (LOOP_SECONDS long) is cut into three disjoint, consecutive time ranges:
@@ -33,14 +34,14 @@ Split (deterministic, by time within each clip; there is one recording per actio
   test measures how well the model fits the cycle, not generalisation to new recordings;
 - a "none" clip (kick, punch, the two get-ups: 1.5 to 3.8 s) is too short to cut into windows for all three
   parts and goes whole to train: those classes have no validation/test windows (CMD reference NaN).
-Test and validation windows follow the published rule: per clip, starts 0, t_his, 2 t_his, ... while the
-window of T = t_his + t_pred frames fits. Suggested protocol: fps 30, t_his 15, t_pred 30 (T = 1.5 s, so the
+The rest is `protocol.build_dataset`, as for every dataset, with these validation clips: test and validation
+windows by the published rule (per clip, starts 0, t_his, 2 t_his, ... while the window of T = t_his + t_pred
+frames fits) and the CMD reference from the test windows. Suggested protocol: fps 30, t_his 15, t_pred 30 (T = 1.5 s, so the
 shortest one-shot, kick at 1.53 s, still gives a training window).
 """
 from __future__ import annotations
 
 import importlib.util
-import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,12 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
+from ..geometry import (forward_kinematics, quat_about_axis, quat_exp, quat_inverse, quat_log, quat_multiply,
+                        quat_normalize, quat_slerp, quat_to_matrix)
 from .dataset import Clip, Dataset, Skeleton
+from .files import first_line, read_json
+from .protocol import SPLITS, build_dataset
+from .skeletons import root_relative
 
 URDF_SCALE = 0.25  # DeepMimic's globalScaling of humanoid.urdf
 LOOP_SECONDS = 20.0  # tiled length of a looping clip
@@ -111,87 +117,47 @@ def clip_files(root: Path) -> list[tuple[str, Path]]:
     return files
 
 
-# ------------------------------------------------------------------------------------------ quaternions
-# w-first unit quaternions, broadcast over leading axes
+# ------------------------------------------------------------------------------------------------ heading
 
-
-def qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], -1)
-
-
-def qinv(q: np.ndarray) -> np.ndarray:
-    return q * np.array([1.0, -1.0, -1.0, -1.0])
-
-
-def qnormalize(q: np.ndarray) -> np.ndarray:
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
-
-
-def qlog(q: np.ndarray) -> np.ndarray:
-    """Rotation vector (axis * angle, angle in [0, pi]) of q.  [..., 4] -> [..., 3]"""
-    q = np.where(q[..., :1] < 0, -q, q)
-    s = np.linalg.norm(q[..., 1:], axis=-1, keepdims=True)
-    angle = 2 * np.arctan2(s, q[..., :1])
-    return q[..., 1:] * np.where(s > 1e-12, angle / np.maximum(s, 1e-12), 2.0)
-
-
-def qexp(v: np.ndarray) -> np.ndarray:
-    """Quaternion of a rotation vector.  [..., 3] -> [..., 4]"""
-    angle = np.linalg.norm(v, axis=-1, keepdims=True)
-    scale = np.where(angle > 1e-12, np.sin(angle / 2) / np.maximum(angle, 1e-12), 0.5)
-    return np.concatenate([np.cos(angle / 2), v * scale], -1)
-
-
-def qslerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Shortest-path slerp from a to b; t broadcasts against a[..., :1]."""
-    b = np.where(np.sum(a * b, -1, keepdims=True) < 0, -b, b)
-    return qnormalize(qmul(a, qexp(t * qlog(qmul(qinv(a), b)))))
-
-
-def qmat(q: np.ndarray) -> np.ndarray:
-    """Rotation matrices.  [..., 4] -> [..., 3, 3]"""
-    w, x, y, z = np.moveaxis(q, -1, 0)
-    m = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                  2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                  2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)
-    return m.reshape(q.shape[:-1] + (3, 3))
+UP = np.array([0.0, 1.0, 0.0])  # the vertical axis of the motion files
 
 
 def yaw_quat(angle: np.ndarray | float) -> np.ndarray:
     """Rotation about the vertical (y) axis of the motion files.  [...] -> [..., 4]"""
-    angle = np.asarray(angle, dtype=float)
-    return np.stack([np.cos(angle / 2), 0 * angle, np.sin(angle / 2), 0 * angle], -1)
+    return quat_about_axis(UP, angle)
 
 
 def heading(q: np.ndarray) -> np.ndarray:
     """Yaw about y of the character's forward axis (+x).  [..., 4] -> [...]"""
-    forward = qmat(q)[..., :, 0]
+    forward = quat_to_matrix(q)[..., :, 0]
     return np.arctan2(-forward[..., 2], forward[..., 0])
 
 
 # ---------------------------------------------------------------------------------------------- skeleton
 
 
+JOINT_POINT = {link: i for i, (_, link, site) in enumerate(POINTS) if site == "origin"}  # urdf link -> its point
+ANIMATED = [JOINT_POINT[link] for link in ("root", *MOTION_JOINTS)]  # the points Motion.quats turn, in its order
+
+
 @dataclass(frozen=True)
 class Humanoid:
-    """The urdf tree in metres: for each link, its parent link, joint offset, revolute axis and end sites."""
+    """The urdf as arrays for `geometry.forward_kinematics`, in metres, y up: one joint per point of POINTS.
 
-    parent: dict[str, str | None]  # link -> parent link (root: None), in topological order
-    offset: dict[str, np.ndarray]  # link -> [3] joint origin in the parent link frame
+    A joint point is its urdf link's origin; an end point (toe, head top) is a leaf joint fixed in its link.
+    """
+
+    offsets: np.ndarray  # [J+1, 3] each point's origin in its parent's frame (parents: PARENTS)
     axis: dict[str, np.ndarray]  # revolute link -> [3] unit axis
-    sites: dict[tuple[str, str], np.ndarray]  # (link, site) -> [3] point in the link frame
 
 
 def _xyz(element: ET.Element | None, attr: str = "xyz") -> np.ndarray:
     return np.array([float(v) for v in element.get(attr).split()]) if element is not None else np.zeros(3)
 
 
-def read_humanoid(path: Path) -> Humanoid:
-    """Parse humanoid.urdf (it ends with a stray NUL byte) into a `Humanoid` in metres."""
-    robot = ET.fromstring(path.read_bytes().rstrip(b"\x00\r\n\t "))
+def _parse_urdf(path: Path) -> tuple[dict, dict, dict, dict]:
+    """(link -> parent link, link -> joint offset, revolute link -> axis, (link, site) -> point), in metres."""
+    robot = ET.fromstring(path.read_bytes().rstrip(b"\x00\r\n\t "))  # the file ends with a stray NUL byte
     parent, offset, axis = {"root": None}, {"root": np.zeros(3)}, {}
     for joint in robot.iter("joint"):
         child, up = joint.find("child").get("link"), joint.find("parent").get("link")
@@ -202,9 +168,6 @@ def read_humanoid(path: Path) -> Humanoid:
         if joint.get("type") == "revolute":
             axis[child] = _xyz(joint.find("axis"))
     links = {link.get("name"): link for link in robot.iter("link")}
-    missing = [n for n in (*MOTION_JOINTS, "root", "right_wrist", "left_wrist") if n not in parent]
-    if missing or set(axis) != REVOLUTE:
-        raise ValueError(f"{path}: not DeepMimic's humanoid (links missing {missing}, revolute {sorted(axis)})")
     sites = {}
     for side in ("right", "left"):  # toe: front-bottom edge centre of the foot box
         box = links[f"{side}_ankle"].find("collision")
@@ -213,7 +176,24 @@ def read_humanoid(path: Path) -> Humanoid:
     head = links["neck"].find("collision")  # head: top of the head sphere
     radius = float(head.find("geometry/sphere").get("radius"))
     sites[("neck", "head")] = URDF_SCALE * (_xyz(head.find("origin")) + [0.0, radius, 0.0])
-    return Humanoid(parent, offset, axis, sites)
+    return parent, offset, axis, sites
+
+
+def read_humanoid(path: Path) -> Humanoid:
+    """humanoid.urdf as a `Humanoid`; a one-line ValueError when it is not DeepMimic's humanoid."""
+    fix = "reinstall pybullet, or point data_dir at an intact pybullet_data"
+    try:
+        parent, offset, axis, sites = _parse_urdf(path)
+    except (ET.ParseError, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable humanoid urdf ({first_line(e)}); {fix}") from None
+    missing = [link for link in JOINT_POINT if link not in parent]
+    ups = [parent.get(link) if site == "origin" else link for _, link, site in POINTS]  # the link each point hangs on
+    parents = [-1 if up is None else JOINT_POINT.get(up) for up in ups]
+    if missing or set(axis) != REVOLUTE or parents != list(PARENTS):
+        raise ValueError(f"{path}: not DeepMimic's humanoid (links missing {missing}, revolute {sorted(axis)}, "
+                         f"tree {parents}); {fix}")
+    offsets = np.stack([offset[link] if site == "origin" else sites[(link, site)] for _, link, site in POINTS])
+    return Humanoid(offsets, axis)
 
 
 # ------------------------------------------------------------------------------------------------ motion
@@ -231,8 +211,11 @@ class Motion:
 
 def read_motion(path: Path, humanoid: Humanoid) -> Motion:
     """Parse one DeepMimic clip (see the module docstring for the row layout)."""
-    clip = json.loads(path.read_bytes().rstrip(b"\x00").decode())
-    frames = np.asarray(clip["Frames"], dtype=float)  # [n, 44]
+    clip = read_json(path, "reinstall pybullet, or point data_dir at an intact pybullet_data")
+    try:
+        frames = np.asarray(clip["Frames"], dtype=float)  # [n, 44]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: no numeric 'Frames' table ({first_line(e)}); reinstall pybullet") from None
     width = 8 + sum(1 if j in REVOLUTE else 4 for j in MOTION_JOINTS)
     if frames.ndim != 2 or frames.shape[1] != width or len(frames) < 2:
         raise ValueError(f"{path}: frames of shape {frames.shape}, expected [n >= 2, {width}]")
@@ -242,13 +225,13 @@ def read_motion(path: Path, humanoid: Humanoid) -> Motion:
     quats, col = [frames[:, 4:8]], 8
     for joint in MOTION_JOINTS:
         if joint in REVOLUTE:
-            quats.append(qexp(frames[:, col:col + 1] * humanoid.axis[joint]))
+            quats.append(quat_exp(frames[:, col:col + 1] * humanoid.axis[joint]))
             col += 1
         else:
             quats.append(frames[:, col:col + 4])
             col += 4
     times = np.concatenate([[0.0], np.cumsum(dt)])
-    return Motion(times, frames[:, 1:4], qnormalize(np.stack(quats, 1)), clip.get("Loop", "none") == "wrap")
+    return Motion(times, frames[:, 1:4], quat_normalize(np.stack(quats, 1)), clip.get("Loop") == "wrap")
 
 
 def close_loop(m: Motion) -> Motion:
@@ -259,9 +242,9 @@ def close_loop(m: Motion) -> Motion:
     """
     alpha = (m.times / m.times[-1])[:, None, None]  # [n, 1, 1]
     turn = yaw_quat(heading(m.quats[-1, 0]) - heading(m.quats[0, 0]))
-    target = np.concatenate([qmul(turn, m.quats[0, :1]), m.quats[0, 1:]])  # [13, 4]
-    error = qlog(qmul(target, qinv(m.quats[-1])))  # [13, 3]
-    quats = qnormalize(qmul(qexp(alpha * error), m.quats))
+    target = np.concatenate([quat_multiply(turn, m.quats[0, :1]), m.quats[0, 1:]])  # [13, 4]
+    error = quat_log(quat_multiply(target, quat_inverse(m.quats[-1])))  # [13, 3]
+    quats = quat_normalize(quat_multiply(quat_exp(alpha * error), m.quats))
     root = m.root.copy()
     root[:, 1] += alpha[:, 0, 0] * (m.root[0, 1] - m.root[-1, 1])
     return Motion(m.times, root, quats, m.loop)
@@ -270,7 +253,7 @@ def close_loop(m: Motion) -> Motion:
 def tile(m: Motion, cycles: int) -> Motion:
     """Repeat a closed cycle, each repeat starting at the pose (position, heading) where the last one ended."""
     turn = heading(m.quats[-1, 0]) - heading(m.quats[0, 0])
-    rot = qmat(yaw_quat(turn))
+    rot = quat_to_matrix(yaw_quat(turn))
     shift = m.root[-1] - rot @ m.root[0]
     shift[1] = 0.0
     times, roots, quats = [], [], []
@@ -280,7 +263,7 @@ def tile(m: Motion, cycles: int) -> Motion:
         times.append(m.times[:n] + k * m.times[-1])
         roots.append(m.root[:n] @ rot_k.T + shift_k)
         q = m.quats[:n].copy()
-        q[:, 0] = qmul(yaw_quat(k * turn), q[:, 0])
+        q[:, 0] = quat_multiply(yaw_quat(k * turn), q[:, 0])
         quats.append(q)
         rot_k, shift_k = rot @ rot_k, rot @ shift_k + shift
     return Motion(np.concatenate(times), np.concatenate(roots), np.concatenate(quats), m.loop)
@@ -297,24 +280,16 @@ def resample(m: Motion, fps: float, frames: int | None = None) -> Motion:
     i = np.clip(np.searchsorted(m.times, t, side="right") - 1, 0, len(m.times) - 2)
     a = (t - m.times[i]) / (m.times[i + 1] - m.times[i])  # [L]
     root = m.root[i] + a[:, None] * (m.root[i + 1] - m.root[i])
-    quats = qslerp(m.quats[i], m.quats[i + 1], a[:, None, None])
+    quats = quat_slerp(m.quats[i], m.quats[i + 1], a[:, None, None])
     return Motion(t, root, quats, m.loop)
 
 
-def forward_kinematics(m: Motion, humanoid: Humanoid) -> np.ndarray:
-    """Positions of POINTS, metres, z up.  -> [L, J+1, 3]"""
-    local = dict(zip(("root", *MOTION_JOINTS), np.moveaxis(qmat(m.quats), 1, 0)))  # link -> [L, 3, 3]
-    rot, pos = {}, {}
-    for link, up in humanoid.parent.items():  # topological order
-        fixed = np.broadcast_to(np.eye(3), (len(m.times), 3, 3))
-        if up is None:
-            rot[link], pos[link] = local[link], m.root
-        else:
-            rot[link] = rot[up] @ local.get(link, fixed)
-            pos[link] = pos[up] + rot[up] @ humanoid.offset[link]
-    points = [pos[link] if site == "origin" else pos[link] + rot[link] @ humanoid.sites[(link, site)]
-              for _, link, site in POINTS]
-    return np.stack(points, 1) @ Y_UP_TO_Z_UP.T  # [L, J+1, 3]
+def points(m: Motion, humanoid: Humanoid) -> np.ndarray:
+    """The POINTS of every frame, metres, z up.  -> [L, J+1, 3]"""
+    rotations = np.broadcast_to(np.eye(3), (len(m.times), len(POINTS), 3, 3)).copy()  # fixed joints and end points
+    rotations[:, ANIMATED] = quat_to_matrix(m.quats)  # [L, 13, 3, 3]
+    positions, _ = forward_kinematics(PARENTS, humanoid.offsets, rotations, m.root)  # [L, J+1, 3], y up
+    return positions @ Y_UP_TO_Z_UP.T
 
 
 def clip_positions(m: Motion, humanoid: Humanoid, fps: float) -> np.ndarray:
@@ -324,7 +299,7 @@ def clip_positions(m: Motion, humanoid: Humanoid, fps: float) -> np.ndarray:
         m = resample(tile(close_loop(m), int(np.ceil((frames - 1) / fps / m.times[-1])) + 1), fps, frames)
     else:
         m = resample(m, fps)
-    return forward_kinematics(m, humanoid).astype(np.float32)
+    return points(m, humanoid).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------- split
@@ -340,63 +315,29 @@ def split_ranges(frames: int, val_fraction: float) -> dict[str, range]:
     return {"train": range(0, n_train), "val": range(n_train, n_train + n_val), "test": range(n_train + n_val, frames)}
 
 
-def root_relative(poses: np.ndarray) -> np.ndarray:
-    """Keep joint 0 absolute, make joints 1..J relative to it.  [L, J+1, 3] -> [L, J+1, 3]"""
-    out = poses.copy()
-    out[:, 1:] -= poses[:, :1]
-    return out
-
-
-def rule_windows(clips: list[Clip], t_his: int, t_total: int) -> tuple[np.ndarray, np.ndarray]:
-    """Windows starting at 0, t_his, 2 t_his, ... of every clip while they fit.  -> [N, T, J+1, 3], [N]"""
-    windows = [(c.poses[s:s + t_total], c.label) for c in clips for s in range(0, len(c.poses) - t_total + 1, t_his)]
-    if not windows:
-        return np.zeros((0, t_total, len(PARENTS), 3), np.float32), np.zeros(0, np.int64)
-    return np.stack([w for w, _ in windows]), np.array([label for _, label in windows], np.int64)
-
-
-def cmd_reference(windows: np.ndarray, labels: np.ndarray, t_his: int, num_classes: int) -> np.ndarray:
-    """Per class: mean over windows and predicted frames of the mean joint displacement per frame.  -> [C]"""
-    future = windows[:, t_his:, 1:]  # [N, t_pred, J, 3] root-relative joints
-    motion = np.linalg.norm(np.diff(future, axis=1), axis=-1).mean(axis=(1, 2))  # [N]
-    return np.array([motion[labels == c].mean() if np.any(labels == c) else np.nan for c in range(num_classes)])
-
-
 # ------------------------------------------------------------------------------------------------ loader
 
 
-def load_deepmimic(cfg: DataConfig) -> Dataset:
+def load_deepmimic(cfg: DataConfig, splits: tuple[str, ...] = SPLITS) -> Dataset:
     """All clips of pybullet_data as a split, windowed Dataset (see the module docstring)."""
-    if cfg.num_joints != len(PARENTS) - 1:
-        raise ValueError(f"deepmimic has {len(PARENTS) - 1} joints (root excluded), cfg.num_joints is {cfg.num_joints}")
     root = find_pybullet_data(cfg.data_dir)
     humanoid = read_humanoid(root / "humanoid" / "humanoid.urdf")
     files = clip_files(root)
     classes = list(dict.fromkeys(action for action, _ in files))
     parts: dict[str, list[Clip]] = {"train": [], "val": [], "test": []}
-    one_shots, short = [], []
+    one_shots = []
     for action, path in files:
         motion = read_motion(path, humanoid)
-        poses = root_relative(clip_positions(motion, humanoid, cfg.fps))  # [L, J+1, 3]
         name = path.relative_to(root / "data" / "motions").with_suffix("").as_posix()
+        poses = root_relative(clip_positions(motion, humanoid, cfg.fps), f"{path}")  # [L, J+1, 3]
         ranges = split_ranges(len(poses), cfg.val_fraction) if motion.loop else {"train": range(len(poses))}
         if not motion.loop:
             one_shots.append(name)
         for part, frames in ranges.items():
-            if len(frames) < cfg.t_total:
-                short.append(f"{name} {part} ({len(frames)} frames)")
             parts[part].append(Clip((name, part), classes.index(action), poses[frames.start:frames.stop]))
-    test_windows, test_labels = rule_windows(parts["test"], cfg.t_his, cfg.t_total)
-    val_windows, val_labels = rule_windows(parts["val"], cfg.t_his, cfg.t_total)
-    reference = cmd_reference(test_windows, test_labels, cfg.t_his, len(classes))
     notes = [f"deepmimic: clips from {root}",
              f"looping clips closed, tiled to {LOOP_SECONDS:g} s and split in time: train / val {cfg.val_fraction:g} / "
              f"test {TEST_FRACTION:g}; test frames replay the training cycle",
              f"one-shot clips kept whole in train (no val/test windows, CMD reference NaN): {', '.join(one_shots)}"]
-    if short:
-        notes.append(f"parts shorter than T = {cfg.t_total} frames, no windows: {', '.join(short)}")
-    return Dataset(name="deepmimic", fps=cfg.fps, skeleton=skeleton(), classes=classes,
-                   train=parts["train"], val=parts["val"], test=parts["test"],
-                   test_windows=test_windows, test_labels=test_labels,
-                   val_windows=val_windows, val_labels=val_labels,
-                   mmapd=None, cmd_reference=reference, notes=notes)
+    return build_dataset(cfg, root, skeleton(), classes, None, parts["train"], parts["test"], notes,
+                         val=parts["val"], splits=splits)

@@ -1,26 +1,31 @@
 """The test protocol (formats.md §1.6, §3): protocol files, test and validation windows, the assembled Dataset.
 
-Readers (`h36m.py`, `amass.py`) turn files into labelled clips; `build_dataset` does the rest the same way
-for every format:
-- test windows from `segments_test.csv` (window = frames `pred_init - t_his .. pred_init + t_pred - 1`),
-  or, without one, by the published rule: starts `0, t_his, 2 t_his, ...` of every test clip while the
-  window fits;
-- validation = whole training clips (about `val_fraction` of each class's frames), windows by the same rule;
-- `mmapd_GT.csv` (APDE reference) and `classes.json` (class order, CMD reference) when given or found.
+Readers (`h36m.py`, `amass.py`, `deepmimic.py`) turn files into labelled clips; `build_dataset` does the rest
+the same way for every format:
+- test windows from `segments_test.csv` (window = frames `pred_init - t_his .. pred_init + t_pred - 1`; every
+  row must agree with t_his and t_pred), or, without one, by the published rule: starts `0, t_his, 2 t_his, ...`
+  of every test clip while the window fits;
+- validation = whole training clips (about `val_fraction` of each class's frames), or clips the reader made,
+  windows by the same rule;
+- `mmapd_GT.csv` (APDE reference) and `classes.json` (class order, CMD reference) when given or found; without a
+  published CMD reference, the mean motion of each class's test windows.
+Evaluation needs the test split only: `splits=("test",)` reads and checks nothing else.
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..config import DataConfig
+from ..metrics import cmd_reference_from_gt
 from .dataset import Clip, Dataset, Skeleton
+from .files import find_file, read_csv, read_json, shown
 
+SPLITS = ("train", "test")  # a full load; ("test",) reads only what evaluation needs
 FIX_ROW = "fix the row, or give the segments file of this data and t_his/t_pred"
 
 # segments header -> the two columns that name a clip (Clip.key)
@@ -37,24 +42,24 @@ class Segment:
     where: str  # "segments_test.csv line 7 (subject S9, action Directions 1)", for errors
     key: tuple[str, str]  # the clip it names
     pred_init: int  # first predicted frame
+    pred_end: int  # last predicted frame (inclusive)
+    init: int | None  # first observed frame (Human3.6M format; the AMASS format has no such column)
 
 
-def shown(name) -> str:
-    """A name read from a file, fit for a one-line message (its repr when it holds line breaks or the like)."""
-    text = str(name)
-    return text if text.isprintable() else repr(text)
-
-
-def find_file(given: str | None, folder: Path, name: str) -> Path | None:
-    """`given` (must exist), else `<folder>/<name>` when present, else None."""
-    if given:
-        path = Path(given)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: fix the path given for {name}, or leave it unset "
-                                    f"to use {folder / name} when present")
-        return path
-    path = folder / name
-    return path if path.is_file() else None
+def check_splits(cfg: DataConfig, splits) -> tuple[str, ...]:
+    """`splits` in SPLITS order; a one-line ValueError for other splits, or split names listed twice."""
+    chosen = tuple(split for split in SPLITS if split in splits)
+    if set(splits) - set(SPLITS) or "test" not in chosen:
+        raise ValueError(f"splits {tuple(splits)} cannot be loaded: use ('train', 'test') to train, ('test',) "
+                         "to evaluate")
+    names = list(cfg.train_splits) + list(cfg.test_splits)
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        where = "train_splits and test_splits" if twice in cfg.train_splits and twice in cfg.test_splits else \
+            "train_splits" if twice in cfg.train_splits else "test_splits"
+        raise ValueError(f"{shown(twice)!r} is listed twice in {where}: name each split once, and never train on a "
+                         "test split; fix train_splits/test_splits")
+    return chosen
 
 
 def _int(text: str, where: str, column: str) -> int:
@@ -64,25 +69,16 @@ def _int(text: str, where: str, column: str) -> int:
         raise ValueError(f"{where}: {column} {text!r} is not an integer; fix the row") from None
 
 
-def _read_rows(path: Path) -> list[list[str]]:
-    """The non-empty rows of a CSV file; a one-line ValueError when it is not readable text CSV."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
-            return [row for row in csv.reader(f) if row]
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not a readable CSV text file ({str(e).splitlines()[0][:120]})") from None
-
-
 def read_segments(path: Path) -> list[Segment]:
-    """Rows of a Human3.6M- or AMASS-format `segments_test.csv`, in file order."""
-    rows = _read_rows(path)
+    """Rows of a Human3.6M- or AMASS-format `segments_test.csv`, in file order; a window listed twice is refused."""
+    rows = read_csv(path)
     header = tuple(c.strip() for c in rows[0]) if rows else ()
     if header not in SEGMENT_HEADERS:
         expected = " or ".join(",".join(h) for h in SEGMENT_HEADERS)
         raise ValueError(f"{path}: header {','.join(header)!r} is not a segments file header; expected {expected}")
     key_cols = [header.index(c) for c in SEGMENT_HEADERS[header]]
-    pred_col = header.index("pred_init")
-    segments = []
+    column = {name: header.index(name) for name in header}
+    segments, seen = [], {}
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise ValueError(f"{path.name} line {line}: {len(row)} columns, the header has {len(header)}; fix the row")
@@ -91,13 +87,20 @@ def read_segments(path: Path) -> list[Segment]:
         key = tuple(row[c] for c in key_cols)
         if header[key_cols[1]] == "file_idx":
             key = (key[0], str(_int(key[1], where, "file_idx")))
-        segments.append(Segment(where, key, _int(row[pred_col], where, "pred_init")))
+        pred_init = _int(row[column["pred_init"]], where, "pred_init")
+        init = _int(row[column["init"]], where, "init") if "init" in column else None
+        segment = Segment(where, key, pred_init, _int(row[column["pred_end"]], where, "pred_end"), init)
+        if (key, pred_init) in seen:
+            raise ValueError(f"{where}: the same window as line {seen[key, pred_init]}; each window must be listed "
+                             "once (a repeated row would count twice in every metric): remove the row")
+        seen[key, pred_init] = line
+        segments.append(segment)
     return segments
 
 
 def read_mmapd(path: Path) -> np.ndarray:
     """`gt_APD` per test window `[N]` float64 from `mmapd_GT.csv` (`id,gt_APD`, id = row index)."""
-    rows = _read_rows(path)
+    rows = read_csv(path)
     if not rows or [c.strip() for c in rows[0]] != ["id", "gt_APD"]:
         raise ValueError(f"{path}: expected the header id,gt_APD; give the mmapd_GT.csv of this protocol, or none")
     values = []
@@ -113,15 +116,15 @@ def read_mmapd(path: Path) -> np.ndarray:
 
 
 def read_classes(path: Path) -> tuple[list[str], np.ndarray]:
-    """Class names (id = index) and CMD reference `[C]` (m/frame, null -> NaN) from a `classes.json`."""
-    try:
-        spec = json.loads(Path(path).read_text())
-    except ValueError as e:  # not JSON, not UTF-8
-        detail = str(e).splitlines()[0][:120]
-        raise ValueError(f"{path} is not valid JSON ({detail}); fix it or remove the file") from None
+    """Class names (id = index, each once) and CMD reference `[C]` (m/frame, null -> NaN) from a `classes.json`."""
+    spec = read_json(path, "fix it or remove the file")
     if not isinstance(spec, dict) or not isinstance(spec.get("classes"), list):
         raise ValueError(f"{path}: expected a JSON object with a 'classes' list (and 'mean_motion_per_class')")
     classes = [str(c) for c in spec["classes"]]
+    twice = next((c for c in classes if classes.count(c) > 1), None)
+    if twice is not None:
+        raise ValueError(f"{path}: class {shown(twice)!r} is listed twice; list each class once (its position is "
+                         "its id)")
     motion = spec.get("mean_motion_per_class") or [None] * len(classes)
     if not isinstance(motion, list) or len(motion) != len(classes):
         raise ValueError(f"{path}: mean_motion_per_class must be a list of {len(classes)} numbers or nulls, "
@@ -151,7 +154,7 @@ def choose_classes(cfg: DataConfig, folder: Path, default: list[str],
     reference = np.array([published_cmd.get(c, math.nan) for c in default], dtype=np.float64)
     note = f"classes: {len(default)} ({', '.join(default)})"
     if np.isnan(reference).all():
-        return default, None, note + ", no CMD reference"
+        return default, None, note
     return default, reference, note
 
 
@@ -161,11 +164,23 @@ def rule_starts(clips: list[Clip], t_his: int, t_total: int) -> list[tuple[int, 
 
 
 def segment_starts(segments: list[Segment], clips: list[Clip], t_his: int, t_total: int) -> list[tuple[int, int]]:
-    """(clip, first frame) of every segments row; a one-line ValueError for a row that does not fit the data."""
+    """(clip, first frame) of every segments row; a one-line ValueError for a row that does not fit the data.
+
+    A row must describe a window of this t_his and t_pred (`init = pred_init - t_his` where the file has an
+    init column, `pred_end = pred_init + t_pred - 1`), else the file was made for another protocol.
+    """
+    t_pred = t_total - t_his
     index = {clip.key: c for c, clip in enumerate(clips)}
     owners = list(dict.fromkeys(key[0] for key in index))
     starts = []
     for seg in segments:
+        if seg.init is not None and seg.init != seg.pred_init - t_his:
+            raise ValueError(f"{seg.where}: init {seg.init} is not pred_init - t_his = {seg.pred_init - t_his}, "
+                             f"the row is made for t_his {seg.pred_init - seg.init}; {FIX_ROW}")
+        if seg.pred_end != seg.pred_init + t_pred - 1:
+            raise ValueError(f"{seg.where}: pred_end {seg.pred_end} is not pred_init + t_pred - 1 = "
+                             f"{seg.pred_init + t_pred - 1}, the row is made for t_pred {seg.pred_end - seg.pred_init + 1}"
+                             f"; {FIX_ROW}")
         if seg.key[0] not in owners:
             raise ValueError(f"{seg.where}: {seg.key[0]!r} is not in the test split ({', '.join(map(shown, owners))}); "
                              f"{FIX_ROW}")
@@ -206,6 +221,12 @@ def split_validation(clips: list[Clip], fraction: float) -> tuple[list[Clip], li
     return [x for c, x in enumerate(clips) if c not in held], [x for c, x in enumerate(clips) if c in held]
 
 
+def cmd_reference_of(windows: np.ndarray, labels: np.ndarray, t_his: int, num_classes: int) -> np.ndarray:
+    """Mean motion per class of the windows' future `[C]` float64 (NaN: no window), as evaluation computes it."""
+    future = torch.from_numpy(windows[:, t_his:, 1:]).flatten(-2)  # [N, t_pred, 3J] model space
+    return cmd_reference_from_gt(future, torch.from_numpy(labels), num_classes).numpy()
+
+
 def _drop_short(clips: list[Clip], t_total: int, split: str, notes: list[str]) -> list[Clip]:
     short = [clip for clip in clips if len(clip.poses) < t_total]
     if short:
@@ -215,9 +236,27 @@ def _drop_short(clips: list[Clip], t_total: int, split: str, notes: list[str]) -
     return [clip for clip in clips if len(clip.poses) >= t_total]
 
 
+def _training_clips(cfg: DataConfig, train: list[Clip], val: list[Clip] | None, window: str,
+                    notes: list[str]) -> tuple[list[Clip], list[Clip]]:
+    """(train, val) without clips shorter than a window; validation held out of `train` unless given."""
+    train = _drop_short(train, cfg.t_total, "train", notes)
+    if not train:
+        raise ValueError(f"every training sequence of {list(cfg.train_splits)} is shorter than a window of {window}: "
+                         "lower t_his/t_pred or check the data")
+    if val is None:
+        return split_validation(train, cfg.val_fraction)
+    return train, _drop_short(val, cfg.t_total, "validation", notes)
+
+
 def build_dataset(cfg: DataConfig, folder: Path, skeleton: Skeleton, classes: list[str],
-                  cmd_reference: np.ndarray | None, train: list[Clip], test: list[Clip], notes: list[str]) -> Dataset:
-    """Cut the protocol's windows from the clips and find its files (segments, mmapd) next to the data in `folder`."""
+                  cmd_reference: np.ndarray | None, train: list[Clip], test: list[Clip], notes: list[str], *,
+                  val: list[Clip] | None = None, splits: tuple[str, ...] = SPLITS) -> Dataset:
+    """Cut the protocol's windows from the clips and find its files (segments, mmapd) next to the data in `folder`.
+
+    val            validation clips the reader made; None: whole training clips held out (`split_validation`)
+    splits         ("test",): no training or validation clips (given ones are ignored), nothing of them checked
+    cmd_reference  the published table `[C]`; None: each class's mean motion in the test windows (`cmd_reference_of`)
+    """
     t_total, joints, notes = cfg.t_total, len(skeleton.parents), list(notes)
     if cfg.num_joints != skeleton.num_joints:
         raise ValueError(f"num_joints is {cfg.num_joints} but {cfg.name} has {skeleton.num_joints} joints "
@@ -235,15 +274,14 @@ def build_dataset(cfg: DataConfig, folder: Path, skeleton: Skeleton, classes: li
         raise ValueError(f"no test window of {window} in test splits {list(cfg.test_splits)}: "
                          "check test_splits, t_his/t_pred or the segments file")
     test_windows, test_labels = cut(test, starts, t_total, joints)
+    test = _drop_short(test, t_total, "test", notes)
 
-    train, test = _drop_short(train, t_total, "train", notes), _drop_short(test, t_total, "test", notes)
-    if not train:
-        raise ValueError(f"every training sequence of {list(cfg.train_splits)} is shorter than a window of {window}: "
-                         "lower t_his/t_pred or check the data")
-    train, val = split_validation(train, cfg.val_fraction)
+    train, val = _training_clips(cfg, train, val, window, notes) if "train" in splits else ([], [])
     val_windows, val_labels = cut(val, rule_starts(val, cfg.t_his, t_total), t_total, joints)
-    share = sum(len(c.poses) for c in val) / sum(len(c.poses) for c in train + val)
-    notes.append(f"validation: {len(val)} training sequences ({share:.1%} of the frames), {len(val_windows)} windows")
+    if "train" in splits:
+        share = sum(len(c.poses) for c in val) / sum(len(c.poses) for c in train + val)
+        notes.append(f"validation: {len(val)} sequences ({share:.1%} of the training frames), "
+                     f"{len(val_windows)} windows")
 
     mmapd = None
     mmapd_path = find_file(cfg.mmapd_csv, folder, "mmapd_GT.csv")
@@ -254,6 +292,9 @@ def build_dataset(cfg: DataConfig, folder: Path, skeleton: Skeleton, classes: li
                              "give the mmapd file of these segments, or none")
     else:
         notes.append("no mmapd_GT.csv: the APDE reference will come from the multimodal ground truth")
+    if cmd_reference is None:
+        cmd_reference = cmd_reference_of(test_windows, test_labels, cfg.t_his, len(classes))
+        notes.append("CMD reference: each class's mean motion in the test windows (no published table)")
 
     return Dataset(
         name=cfg.name, fps=cfg.fps, skeleton=skeleton, classes=classes, train=train, val=val, test=test,
