@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None, prog: str = "spard", default_cfg: str | 
         elif argv and argv[0] in COMMANDS:
             make, run = COMMANDS[argv[0]]
             run(make().parse_args(argv[1:]))
-        elif argv and argv[0] in ("demo", "render", "export"):
+        elif argv and argv[0] in ("demo", "render", "export", "view"):
             make, run = _extra_command(argv[0])
             run(make().parse_args(argv[1:]))
         elif not argv or argv[0].startswith("-"):
