@@ -57,7 +57,7 @@ class Predictions:
     def __post_init__(self):
         self.futures = _positions("futures", self.futures, 5)
         self.history = _positions("history", self.history, 4)
-        b, k, t_pred, j = self.futures.shape[:4]
+        b, _, t_pred, j = self.futures.shape[:4]
         if self.history.shape[0] != b or self.history.shape[2] != j:
             raise ValueError(f"history is {list(self.history.shape)} but futures are {list(self.futures.shape)}: "
                              f"expected history [B={b}, t_his, J={j}, 3]")

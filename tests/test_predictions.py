@@ -1,11 +1,13 @@
 """The predictions file: exact round trips, atomic writes, and a one-line error for every kind of bad file."""
+import hashlib
+
 import numpy as np
 import pytest
 
 from spard.predictions import REQUIRED, Predictions, file_sha256, write_atomically
 
 
-def example(b: int = 2, k: int = 3, t_his: int = 4, t_pred: int = 5, j: int = 4, *, seed: int = 0, **fields) -> Predictions:
+def example(b=2, k=3, t_his=4, t_pred=5, j=4, *, seed=0, **fields) -> Predictions:
     rng = np.random.default_rng(seed)
     values = dict(futures=rng.normal(size=(b, k, t_pred, j, 3)), history=rng.normal(size=(b, t_his, j, 3)),
                   ground_truth=rng.normal(size=(b, t_pred, j, 3)), joint_names=[f"joint {i}" for i in range(j)],
@@ -59,7 +61,8 @@ def test_save_never_replaces_by_accident_and_writes_atomically(tmp_path):
         write_atomically(path, broken)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["p.npz"]
     example(seed=2).save(path, overwrite=True)
-    assert path.read_bytes() != before and file_sha256(path) == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    assert path.read_bytes() != before
+    assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _npz(path, **arrays):
