@@ -16,6 +16,7 @@ bf16 limit divides the achieved FLOP rate by a measured 8192^3 bf16 matrix produ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from contextlib import nullcontext
 
@@ -45,7 +46,9 @@ def load(args) -> SPARD:
     if args.ckpt:
         return checkpoints.load_model(args.ckpt)[0]
     torch.manual_seed(0)
-    return SPARD(preset(args.cfg)).eval()
+    cfg = preset(args.cfg)
+    cfg = dataclasses.replace(cfg, noise_predictor=dataclasses.replace(cfg.noise_predictor, noise=args.np_noise))
+    return SPARD(cfg).eval()
 
 
 def main() -> None:
@@ -53,6 +56,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--cfg", default="h36m")
     p.add_argument("--ckpt", default="", help="a trained checkpoint (weights do not change the speed)")
+    p.add_argument("--np_noise", type=float, default=0.0, help="a noise predictor that adds noise to its maps (--np_noise)")
     p.add_argument("--quick", action="store_true", help="1 x 50 only")
     p.add_argument("--batches", default="1,64,1024")
     p.add_argument("--variants", default="eager-fp32,graph-fp32,compiled-fp16,compiled-bf16")

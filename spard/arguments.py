@@ -179,4 +179,7 @@ def resolve_device(name: str) -> str:
     """`--device` checked (one line when it is not usable); `cuda` falls back to the CPU, with a note, without a GPU."""
     from .devices import resolve_device as resolve
 
-    return str(resolve(name, cpu_fallback=True))
+    try:
+        return str(resolve(name, cpu_fallback=True))
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None

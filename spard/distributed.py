@@ -69,3 +69,27 @@ def broadcast_object(obj):
     box = [obj]
     tdist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """`x` summed over all ranks; the gradient of a sum every rank uses is the sum of their gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone(memory_format=torch.contiguous_format)
+        tdist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        tdist.all_reduce(grad)
+        return grad
+
+
+# Kept out of torch.compile. With PyTorch's `torch.distributed.nn.functional.all_reduce` here, compiled
+# stage 1 on two NCCL GPUs moved away from one process, most likely from tracing that collective (newer
+# PyTorch refuses to); docs/performance.md. Eager, it runs, and a CUDA graph captures it as it is.
+@torch.compiler.disable
+def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    return _SumOverRanks.apply(x)

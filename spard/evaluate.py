@@ -75,13 +75,14 @@ def _block_noise_generator(seed: int, block: int, device) -> torch.Generator:
 
 @torch.no_grad()
 def evaluate(model: SPARD, protocol: Protocol, options: SamplerOptions, *, batch_size: int = 16, seed: int = 0,
-             progress: bool = True, precision: str = "fp32") -> dict:
+             progress: bool = True, precision: str = "fp32", on_batch=None) -> dict:
     """Metrics of the sampler `options` names on the protocol's windows, averaged the published way
     (formats.md section 4).
 
     `precision` (`spard.precision`) 'bf16' or 'fp16' runs the sampler under that autocast, its float32
     products in TF32; the metrics stay in float32.
-    Returns the eight metrics (FID None without a classifier) plus `seconds_per_window`.
+    `on_batch(index [B], futures [B, S, t_pred, D])`, when given, sees every block's futures.
+    Returns the eight metrics (None when not available), `seconds_per_window` and `per_class`.
     """
     model.eval()
     device = protocol.windows.device
@@ -105,6 +106,8 @@ def evaluate(model: SPARD, protocol: Protocol, options: SamplerOptions, *, batch
             torch.cuda.synchronize()
         elapsed += time.perf_counter() - start
         broken += int((~torch.isfinite(pred.flatten(1))).any(1).sum())
+        if on_batch is not None:
+            on_batch(index, pred)
         gt_multi = [protocol.gt_multi[i] for i in index.tolist()]
         apd = metrics.apd(pred)
         meter.update(index=index.double(), APD=apd, ADE=metrics.ade(pred, gt), FDE=metrics.fde(pred, gt),

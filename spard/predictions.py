@@ -15,8 +15,8 @@ An `.npz` (plain arrays, no pickles) written by `spard predict` and by evaluatio
     checkpoint_sha256  str     []                    "" when no checkpoint was involved
     window_names       str     [B]                   optional
 
-Positions are in metres, every joint at its absolute (world) position, joint 0 the root; z is up
-for the built-in datasets.
+Every joint at its absolute (world) position, joint 0 the root; positions in metres with z up for
+the built-in datasets and evaluation (`spard predict` keeps its input's units and axes).
 
     from spard.predictions import Predictions
     p = Predictions.load("predictions.npz")
@@ -217,25 +217,52 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _world(windows: np.ndarray) -> np.ndarray:
+    """Dataset windows (joint 0 absolute, the others relative to it) -> absolute positions.  [N, T, J, 3]"""
+    world = np.array(windows, dtype=np.float32)
+    world[:, :, 1:] += world[:, :, :1]
+    return world
+
+
+def _names(dataset, split: str, indices) -> list[str]:
+    labels = dataset.test_labels if split == "test" else dataset.val_labels
+    return [f"{dataset.classes[labels[i]]} #{i}" for i in indices]
+
+
 def predict_windows(predictor, dataset, indices: list[int], *, num_samples: int, split: str = "test",
                     seed: int | None = 0, checkpoint_sha256: str = "") -> Predictions:
     """Predictions for some windows of a dataset's test (or validation) split, with their ground truth."""
     windows = dataset.test_windows if split == "test" else dataset.val_windows
-    labels = dataset.test_labels if split == "test" else dataset.val_labels
     bad = [i for i in indices if not 0 <= i < len(windows)]
     if bad:
         raise ValueError(f"window {bad[0]} does not exist: the {split} split has {len(windows)} windows "
                          f"(0..{len(windows) - 1})")
-    world = np.array(windows[indices], dtype=np.float32)  # [N, T, J, 3]: joint 0 absolute, others relative to it
-    world[:, :, 1:] += world[:, :, :1]
+    world = _world(windows[indices])  # [N, T, J, 3]
     history, truth = world[:, :predictor.t_his], world[:, predictor.t_his:]
     skeleton = dataset.skeleton
     return Predictions(
         futures=predictor.predict(history, num_samples=num_samples, seed=seed),  # [N, K, t_pred, J, 3]
         history=history, ground_truth=truth, joint_names=skeleton.names, parents=np.array(skeleton.parents),
         left_joints=np.array(skeleton.left), right_joints=np.array(skeleton.right), fps=dataset.fps,
-        sampler=predictor.sampler, checkpoint_sha256=checkpoint_sha256,
-        window_names=[f"{dataset.classes[labels[i]]} #{i}" for i in indices])
+        sampler=predictor.sampler, checkpoint_sha256=checkpoint_sha256, window_names=_names(dataset, split, indices))
+
+
+def evaluated_windows(dataset, t_his: int, futures: np.ndarray, *, sampler: str, checkpoint_sha256: str = "",
+                      split: str = "test") -> Predictions:
+    """The futures an evaluation sampled for every window of `split`, `[N, S, t_pred, 3J]` in model space
+    (relative to the root, root dropped), as predictions: the root held at its last observed position."""
+    world = _world(dataset.test_windows if split == "test" else dataset.val_windows)  # [N, T, J+1, 3]
+    n, s, t_pred = futures.shape[:3]
+    root = world[:, t_his - 1, None, None, :1]  # [N, 1, 1, 1, 3]
+    poses = np.empty((n, s, t_pred, world.shape[2], 3), dtype=np.float32)
+    poses[..., :1, :] = root
+    poses[..., 1:, :] = futures.reshape(n, s, t_pred, -1, 3) + root
+    skeleton = dataset.skeleton
+    return Predictions(
+        futures=poses, history=world[:, :t_his], ground_truth=world[:, t_his:], joint_names=skeleton.names,
+        parents=np.array(skeleton.parents), left_joints=np.array(skeleton.left), right_joints=np.array(skeleton.right),
+        fps=dataset.fps, sampler=sampler, checkpoint_sha256=checkpoint_sha256,
+        window_names=_names(dataset, split, range(n)))
 
 
 # ------------------------------------------------------------------------------------------ checks

@@ -269,7 +269,20 @@ class Trainer:
         if self.tb:
             for k, v in shown.items():
                 self.tb.add_scalar(f"val/{k}", v, epoch)
+            self.tb.add_image("val/futures", self.picture(), epoch, dataformats="HWC")
         return {k: v for k, v in result.items() if k != "per_class"}
+
+    def picture(self, window: int = 0, futures: int = 4):
+        """One validation window's history, ground truth and `futures` futures of the stage's sampler, drawn
+        (`uint8 [H, W, 3]`): what TensorBoard shows at each metrics epoch."""
+        from .api import Predictor
+        from .predictions import predict_windows
+        from .render import render_picture
+
+        p = predict_windows(Predictor(self.model, self.stage.name), self.dataset, [window], num_samples=futures,
+                            split="val", seed=self.cfg.train.seed)
+        return render_picture(p.history[0], p.futures[0], self.dataset.skeleton, truth=p.ground_truth[0],
+                              title=f"{self.stage.sampler}: {p.names[0]}", fps=self.dataset.fps)
 
     def finish(self) -> Path:
         """Write the stage's result (the selected weights) where the next stage looks for it."""

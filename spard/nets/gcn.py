@@ -40,30 +40,6 @@ class GraphConv(nn.Module):
         return scale, bn.bias.view(nodes, out) + (self.bias - bn.running_mean.view(nodes, out)) * scale
 
 
-class _SumOverRanks(torch.autograd.Function):
-    """`x` summed over all ranks; the gradient of a sum every rank uses is the sum of their gradients."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        x = x.clone(memory_format=torch.contiguous_format)
-        tdist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        tdist.all_reduce(grad)
-        return grad
-
-
-# Kept out of torch.compile. With PyTorch's `torch.distributed.nn.functional.all_reduce` here, compiled
-# stage 1 on two NCCL GPUs moved away from one process, most likely from tracing that collective (newer
-# PyTorch refuses to); docs/performance.md. Eager, it runs, and a CUDA graph captures it as it is.
-@torch.compiler.disable
-def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
-    return _SumOverRanks.apply(x)
-
-
 class NodeBatchNorm(nn.BatchNorm1d):
     """BatchNorm over every (node, feature) pair, as one `nodes * features` channel vector.
 
@@ -81,6 +57,8 @@ class NodeBatchNorm(nn.BatchNorm1d):
         return super().forward(flat).view_as(x)
 
     def _synced(self, flat: torch.Tensor) -> torch.Tensor:
+        from ..distributed import sum_over_ranks  # with torch.compiler's machinery: only under torchrun
+
         # the count made on the device (`new_full`), not copied from the host: a captured CUDA graph replays copies
         total = sum_over_ranks(torch.cat([flat.sum(0), flat.new_full((1,), flat.shape[0])]))
         n = total[-1]
