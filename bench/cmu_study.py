@@ -73,7 +73,7 @@ def plan(args) -> list[Job]:
                 evals = evals[:2] + [("np_eval", f"np_epoch{e}", "np", ["--np_ckpt", str(p)]) for e, p in ckpts.items()]
             for mode, label, stage, flags in evals:
                 sampler = label.split("_")[0]
-                jobs.append(Job(f"{tag}_{label}", spard(mode, *common, "--sample", sampler, *flags, "--json",
+                jobs.append(Job(f"{tag}_eval_{label}", spard(mode, *common, "--sample", sampler, *flags, "--json",
                                                         str(out / "metrics" / f"{tag}_{label}.json")),
                                 [f"{tag}_{stage}"]))
             if precision == "tf32" and seed in args.study_seeds:
@@ -128,7 +128,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--study_seeds", default="0,1,2", help="TF32 seeds whose distilled model gets the objectives study")
     p.add_argument("--long_seeds", default="0,1,2", help="bf16 seeds whose np stage runs 100 epochs (10/30/100)")
-    p.add_argument("--variants", default="published,relaxed,prior:0.01,prior:0.1,noise:1,noise:0.5")
+    p.add_argument("--variants", default="published,relaxed,prior:0.01,prior:0.1,noise:0.5,noise:1,prior:0.1+noise:0.5")
     p.add_argument("--jobs", type=int, default=12)
     p.add_argument("--smoke", action="store_true", help="tiny models, one epoch, on the CPU: checks the graph")
     p.add_argument("--status", action="store_true")

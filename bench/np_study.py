@@ -112,7 +112,7 @@ def main() -> None:
     distilled = distilled.to(device)
     report = {"distill_ckpt": args.distill_ckpt, "seed": args.seed, "val_fraction": args.val_fraction,
               "precision": args.precision, "train_windows_per_epoch": None, "variants": {},
-              "onestep": measure(distilled, protocols, SamplerOptions("onestep", 50), args.seed)}
+              "onestep": measure(distilled, protocols, SamplerOptions("onestep", cfg.train.num_samples), args.seed)}
     long = dict(item.split("=", 1) for item in args.long.split(";") if item)
     log = make_logger(None, quiet=True)
     for variant in args.variants.split(","):
@@ -127,8 +127,8 @@ def main() -> None:
         for epoch in range(1, max(epochs) + 1):
             loss = trainer.train_epoch(epoch)
             if epoch in epochs:
-                row["epochs"][epoch] = {"train_loss": loss, **measure(model, protocols, SamplerOptions("np", 50),
-                                                                       args.seed)}
+                row["epochs"][epoch] = {"train_loss": loss, **measure(
+                    model, protocols, SamplerOptions("np", cfg.train.num_samples), args.seed)}
                 t = row["epochs"][epoch]["test"]
                 print(f"{variant} epoch {epoch}: test APD {t['APD']:.3f} ADE {t['ADE']:.4f} FDE {t['FDE']:.4f}", flush=True)
         row["seconds"] = time.time() - started
