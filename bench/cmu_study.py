@@ -34,6 +34,7 @@ class Job:
     argv: list[str]
     needs: list[str] = field(default_factory=list)
     env: dict = field(default_factory=dict)
+    heavy: bool = False  # needs a large share of GPU memory (the np stage: K = 50 futures of each window)
 
 
 def spard(*args) -> list[str]:
@@ -64,7 +65,7 @@ def plan(args) -> list[Job]:
                     [f"{tag}_base"], env),
                 Job(f"{tag}_np", spard("np", *common, *extra, "--num_epoch", str(np_epochs),
                                        "--save_model_interval", str(min(long_epochs)) if long else "0"),
-                    [f"{tag}_distill"], env),
+                    [f"{tag}_distill"], env, heavy=True),
             ]
             evals = [("eval", "ddim", "base", []), ("distill_eval", "onestep", "distill", []),
                      ("np_eval", "np", "np", [])]
@@ -81,7 +82,7 @@ def plan(args) -> list[Job]:
                     sys.executable, str(REPO / "bench" / "np_study.py"), "--distill_ckpt",
                     str(run / "distill" / "distill_ckpt.pt"), "--data_dir", args.data_dir, "--seed", str(seed),
                     "--device", device, "--variants", args.variants, "--epochs", str(epochs["np"]),
-                    "--out", str(out / "metrics" / f"{tag}_objectives.json")], [f"{tag}_distill"]))
+                    "--out", str(out / "metrics" / f"{tag}_objectives.json")], [f"{tag}_distill"], heavy=True))
     base = out / "tf32_seed0"
     for sampler in ("zero_velocity", "constant_velocity"):
         jobs.append(Job(f"baseline_{sampler}", spard(
@@ -90,12 +91,14 @@ def plan(args) -> list[Job]:
     return jobs
 
 
-def run(jobs: list[Job], out: Path, slots: int) -> dict:
-    """Start each job once the jobs it needs have finished, at most `slots` at a time; returns job -> state."""
+def run(jobs: list[Job], out: Path, slots: int, heavy_slots: int) -> dict:
+    """Start each job once the jobs it needs have finished, at most `slots` at a time (`heavy_slots` of them
+    heavy); returns job -> state."""
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     (out / "metrics").mkdir(exist_ok=True)
     state = {j.name: "waiting" for j in jobs}
+    by_name = {j.name: j for j in jobs}
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     status = out / "status.json"
     while any(s in ("waiting", "running") for s in state.values()):
@@ -110,7 +113,8 @@ def run(jobs: list[Job], out: Path, slots: int) -> dict:
             needs = [state[n] for n in job.needs]
             if any(not (s.startswith("done") or s in ("waiting", "running")) for s in needs):
                 state[job.name] = "skipped"
-            elif all(s.startswith("done") for s in needs) and len(running) < slots:
+            elif all(s.startswith("done") for s in needs) and len(running) < slots and \
+                    (not job.heavy or sum(by_name[n].heavy for n in running) < heavy_slots):
                 log = open(logs / f"{job.name}.log", "w")
                 proc = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                         env={**os.environ, **job.env, "PYTHONUNBUFFERED": "1"})
@@ -130,6 +134,7 @@ def main() -> None:
     p.add_argument("--long_seeds", default="0,1,2", help="bf16 seeds whose np stage runs 100 epochs (10/30/100)")
     p.add_argument("--variants", default="published,relaxed,prior:0.01,prior:0.1,noise:0.5,noise:1,prior:0.1+noise:0.5")
     p.add_argument("--jobs", type=int, default=12)
+    p.add_argument("--heavy_jobs", type=int, default=3, help="np-stage runs at a time (each holds ~15 GB on a GPU)")
     p.add_argument("--smoke", action="store_true", help="tiny models, one epoch, on the CPU: checks the graph")
     p.add_argument("--status", action="store_true")
     args = p.parse_args()
@@ -139,7 +144,7 @@ def main() -> None:
         return
     args.seeds, args.study_seeds, args.long_seeds = ([int(s) for s in v.split(",") if s] for v in
                                                      (args.seeds, args.study_seeds, args.long_seeds))
-    state = run(plan(args), out, args.jobs)
+    state = run(plan(args), out, args.jobs, args.heavy_jobs)
     print(json.dumps(state, indent=1))
     failed = [n for n, s in state.items() if not s.startswith("done")]
     print(f"{len(state) - len(failed)} of {len(state)} runs done" + (f"; not done: {', '.join(failed)}" if failed else ""))
