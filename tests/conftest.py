@@ -1,11 +1,13 @@
 """Shared test fixtures.
 
 Data that the project must not copy lives in `../shared` beside the checkout (`SPARD_SHARED_DIR`
-overrides it). Tests that need it fail in CI (`CI` set, as `.ci/run` does) when it is missing and
-are skipped elsewhere, with the reason.
+overrides it); test dependencies come with `pip install -e '.[dev]'`. A test whose data or
+dependency is missing fails in CI (`CI` set, as `.ci/run` does) and is skipped elsewhere, with the
+reason (`missing`, `require`, `shared_path`). Only the tests that need a CUDA GPU skip everywhere.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -15,14 +17,27 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def missing(reason: str):
+    """Something a test needs is not there: the test fails under CI (`CI` set and not 0/false), else it
+    is skipped; either way with `reason`, which says what is missing and how to get it."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{reason} (CI: nothing a test needs may be missing)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require(module: str, install: str = "pip install -e '.[dev]'"):
+    """The module `module` for a test that needs it, imported; when it cannot be, `missing` (fail in CI)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        missing(f"{module} cannot be imported ({error}): {install} installs it")
+
+
 def shared_path(*parts: str) -> Path:
     root = Path(os.environ.get("SPARD_SHARED_DIR", REPO.parent / "shared"))
     path = root.joinpath(*parts)
     if not path.exists():
-        reason = f"{path} is missing: the shared data must sit beside the checkout (or set SPARD_SHARED_DIR)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing(f"{path} is missing: the shared data must sit beside the checkout (or set SPARD_SHARED_DIR)")
     return path
 
 

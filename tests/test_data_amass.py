@@ -7,14 +7,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import REPO, shared_path
+from conftest import REPO, require, shared_path
 
 from spard.config import preset
 from spard.data import AMASS, load_dataset
 from spard.data.amass import AMASS_CMD_REFERENCE
 from spard.data.protocol import read_mmapd, read_segments
 
-zarr = pytest.importorskip("zarr")
+zarr = require("zarr", "pip install -e .")
 
 
 def write_array(path, values, chunks):

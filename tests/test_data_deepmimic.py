@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import os
 
 import numpy as np
 import pytest
+from conftest import missing
 
 from spard.config import DataConfig
 from spard.data import deepmimic as dm
@@ -29,10 +29,7 @@ def _cfg(**kw) -> DataConfig:
 @pytest.fixture(scope="module")
 def root():
     if importlib.util.find_spec("pybullet_data") is None:
-        reason = "pybullet_data is missing: pip install pybullet (its wheel ships the DeepMimic clips)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing("pybullet_data is missing: pip install pybullet (its wheel ships the DeepMimic clips)")
     return dm.find_pybullet_data()
 
 

@@ -3,13 +3,13 @@ with dynamic batch (and sample) axes and no randomness inside the graph; the `sp
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import require, tiny_config
 from spard import export, samplers
 from spard.checkpoints import save_checkpoint
 from spard.model import SPARD
 
-pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
+require("onnxruntime")
+onnx = require("onnx")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.spatial.distance import pdist, squareform
 
-from conftest import shared_path
+from conftest import missing, shared_path
 from spard import metrics as M
 from spard.data.amass import AMASS_CMD_REFERENCE, AMASS_TEST_CLASSES
 from spard.data.h36m import H36M_CLASSES, H36M_CMD_REFERENCE
@@ -25,10 +25,7 @@ def oracle_dir() -> Path:
     if not folder:
         return shared_path("data", "oracle")
     if not Path(folder).exists():
-        reason = f"SPARD_ORACLE_DIR={folder} does not exist"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing(f"SPARD_ORACLE_DIR={folder} does not exist")
     return Path(folder)
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require
+
+require("hypothesis")
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -199,7 +202,7 @@ def test_classes_json_parses_or_says_why(content):
                  hnp.arrays(np.int64, st.tuples(st.integers(1, 3), st.sampled_from([2, 3])),
                             elements=st.integers(-5, 60))))
 def test_zarr_stores_load_or_say_why(poses, index):
-    zarr = pytest.importorskip("zarr")
+    zarr = require("zarr", "pip install -e .")
     from spard.data.amass import read_dataset
 
     v2 = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, smooth_motion, tiny_config, write_gsps
+from conftest import REPO, require, smooth_motion, tiny_config, write_gsps
 from spard import checkpoints
 from spard.api import Predictor
 from spard.checkpoints import CheckpointError
@@ -107,7 +107,7 @@ def write(name: str, content: str | bytes, data: bool = True) -> Callable[[Path]
 def zarr_store(poses: np.ndarray) -> Callable[[Path], None]:
     """An AMASS folder whose first sub-dataset (ACCAD) has `poses` as poses.zarr."""
     def prepare(folder: Path) -> None:
-        zarr = pytest.importorskip("zarr")
+        zarr = require("zarr", "pip install -e .")
         v2 = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
         for name, values in (("poses.zarr", poses), ("poses_index.zarr", np.array([[0, len(poses)]]))):
             z = zarr.open_array(str(folder / "ACCAD" / name), mode="w", shape=values.shape, dtype=values.dtype, **v2)

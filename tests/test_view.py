@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import missing, require, tiny_config
 from spard.checkpoints import save_checkpoint
 from spard.cli import main
 from spard.model import SPARD
@@ -149,14 +148,7 @@ def test_view_command_predicts_dataset_windows(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def chromium():
     """A headless Chromium driven by Playwright."""
-    def missing(reason):
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("Playwright is not installed: pip install -e '.[dev]'")
+    sync_playwright = require("playwright.sync_api").sync_playwright
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
         missing("Chromium is not installed: apt-get install chromium (.ci/run does)")
