@@ -53,17 +53,22 @@ class StageLoss(nn.Module):
 
 
 def _rng_state(generator: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    """The training generator's state (the same on every rank) and torch's global states (dropout) of every
+    rank, gathered (every rank calls this)."""
+    own = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        own["cuda"] = torch.cuda.get_rng_state_all()
+    return {"data": generator.get_state(), "ranks": dist.gather_objects(own)}
 
 
 def _set_rng_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
+    """`_rng_state`'s states back, each rank its own (checkpoints of spard 0.1 hold rank 0's alone)."""
     generator.set_state(state["data"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    ranks = state.get("ranks") or [state]
+    own = ranks[dist.rank() % len(ranks)]
+    torch.set_rng_state(own["torch"])
+    if "cuda" in own and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(own["cuda"])
 
 
 class Trainer:
@@ -93,8 +98,8 @@ class Trainer:
         self.windows = TrainWindows(dataset.train, cfg.data.t_total, cfg.data.stride, cfg.data.aug,
                                     cfg.data.rota_prob, device=device)
         self.val_windows = to_model_space(torch.as_tensor(dataset.val_windows, dtype=torch.float32)).to(device)
-        self.generator = torch.Generator(device=device).manual_seed(tc.seed)
-        torch.manual_seed(tc.seed)
+        self.generator = torch.Generator(device=device).manual_seed(tc.seed)  # every draw of a batch, all ranks alike
+        torch.manual_seed(tc.seed + 7919 * dist.rank())  # dropout: each rank its own masks, as one process has
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = uses_tf32(tc.precision)
         self.loss = StageLoss(self.stage, model, self.teacher, cfg)
@@ -196,9 +201,9 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
     def _save(self, path: Path, epoch: int, finished: bool = False, resumable: bool = True) -> None:
         """Write a checkpoint (rank 0); a resumable one carries optimizer, scheduler and RNG states."""
+        rng = _rng_state(self.generator) if resumable else None  # gathered from every rank
         if dist.is_main():
-            state = dict(optimizer=self.optimizer, scheduler=self.scheduler, rng=_rng_state(self.generator)) \
-                if resumable else {}
+            state = dict(optimizer=self.optimizer, scheduler=self.scheduler, rng=rng) if resumable else {}
             save_checkpoint(path, self.model, self.stage.name, epoch=epoch, **state,
                             extra={"finished": finished, "best_val_loss": self.best})
 

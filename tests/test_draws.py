@@ -461,3 +461,32 @@ def test_ranks_draw_slices_of_what_one_process_draws(stage, settings, monkeypatc
                         f"{world} ranks, batch {k}: {key}"
                 else:  # one draw for the batch (the condition coin): every rank has it
                     assert all(torch.equal(g, value) for g in got), f"{world} ranks, batch {k}: {key}"
+
+
+def test_ranks_draw_their_own_dropout_and_resume_it(monkeypatch, tmp_path):
+    """Dropout comes from torch's global generator: each rank seeds its own stream (rank 0 the single
+    process's), and a checkpoint keeps every rank's state, each resumed by its rank."""
+    from spard.runs import make_logger
+    from spard.train import _rng_state, _set_rng_state
+
+    cfg = tiny_config("deepmimic", batch_size=4)
+    streams = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(spard.distributed, "rank", lambda r=rank: r)
+        Trainer(cfg, "base", SPARD(cfg), synthetic_dataset(cfg), None, None, "cpu", make_logger(None, quiet=True))
+        streams[rank] = torch.rand(64)
+    monkeypatch.setattr(spard.distributed, "rank", lambda: 0)
+    torch.manual_seed(cfg.train.seed)
+    assert torch.equal(streams[0], torch.rand(64))  # one process: the seed itself
+    assert abs(torch.corrcoef(torch.stack([streams[0], streams[1]]))[0, 1]) < 0.5  # another rank: another stream
+
+    gen = torch.Generator().manual_seed(1)
+    states = [{"torch": torch.manual_seed(10 + r).get_state()} for r in range(2)]
+    monkeypatch.setattr(spard.distributed, "gather_objects", lambda own: states)
+    saved = _rng_state(gen)
+    for rank in (0, 1):
+        monkeypatch.setattr(spard.distributed, "rank", lambda r=rank: r)
+        _set_rng_state(saved, gen)
+        resumed = torch.rand(8)
+        torch.manual_seed(10 + rank)
+        assert torch.equal(resumed, torch.rand(8)), rank
