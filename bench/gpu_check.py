@@ -58,6 +58,8 @@ def main() -> None:
     p.add_argument("--ckpt", default="", help="an np-stage checkpoint for the accuracy check")
     p.add_argument("--base_ckpt", default="", help="a base checkpoint (adds ddim to the accuracy check)")
     p.add_argument("--skip_tests", action="store_true")
+    p.add_argument("--inference", default="", help="an inference benchmark file of this commit and GPU to take "
+                                                     "instead of running the benchmark again")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -65,9 +67,10 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0).replace("NVIDIA ", "").split()[0].lower()
     report = {"tests": None if args.skip_tests else cuda_tests()}
     with tempfile.TemporaryDirectory() as tmp:
-        inference = Path(tmp) / "inference.json"
-        step([sys.executable, "bench/inference.py", "--device", "cuda", "--batches", "1,1024", "--samplers",
-              "np,onestep,ddim", "--variants", "compiled-fp16", "--out", str(inference)], "inference benchmark")
+        inference = Path(args.inference) if args.inference else Path(tmp) / "inference.json"
+        if not args.inference:
+            step([sys.executable, "bench/inference.py", "--device", "cuda", "--batches", "1,1024", "--samplers",
+                  "np,onestep,ddim", "--variants", "compiled-fp16", "--out", str(inference)], "inference benchmark")
         report["inference"] = json.loads(inference.read_text()) if inference.exists() else None
         ckpt, base = (args.ckpt, args.base_ckpt) if args.ckpt else short_model(args.data_dir, Path(tmp) / "short")
         precision = Path(tmp) / "precision.json"
