@@ -132,7 +132,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--study_seeds", default="0,1,2", help="TF32 seeds whose distilled model gets the objectives study")
     p.add_argument("--long_seeds", default="0,1,2", help="bf16 seeds whose np stage runs 100 epochs (10/30/100)")
-    p.add_argument("--variants", default="published,relaxed,prior:0.01,prior:0.1,noise:0.5,noise:1,prior:0.1+noise:0.5")
+    p.add_argument("--variants", default="published,prior:0.1,noise:0.5,noise:1,prior:0.1+noise:0.5")
     p.add_argument("--jobs", type=int, default=12)
     p.add_argument("--heavy_jobs", type=int, default=3, help="np-stage runs at a time (each holds ~15 GB on a GPU)")
     p.add_argument("--smoke", action="store_true", help="tiny models, one epoch, on the CPU: checks the graph")

@@ -30,5 +30,5 @@ python3 bench/inference.py --device cuda --batches 1,1024 --samplers np --varian
 python3 bench/training.py --device cuda --data_dir "$D" --variants ours-tf32 --out "$R/training_after.json"
 
 stamp "gpu check"
-python3 bench/gpu_check.py --data_dir "$D" --ckpt "$R/study/tf32_seed0/np/np_ckpt.pt" --base_ckpt "$R/study/tf32_seed0/train/ckpt.pt" --inference "$R/inference_after.json" --out "$R/gpu_check.json"
+python3 bench/gpu_check.py --data_dir "$D" --ckpt "$R/study/tf32_seed0/np/np_ckpt.pt" --base_ckpt "$R/study/tf32_seed0/train/ckpt.pt" --inference "$R/inference_after.json" --tests "${CHECK_TESTS:-tests/test_fast.py,tests/test_oracle.py,tests/test_step_graph.py}" --out "$R/gpu_check.json"
 stamp done

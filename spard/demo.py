@@ -33,9 +33,9 @@ OUTPUTS = ("report.md", "predictions.gif", "predictions.mp4", "losses.png")
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="spard demo", description="SPARD end to end on the embedded DeepMimic clips: train the three "
-                "stages, evaluate the three samplers and the zero-velocity baseline, and write report.md, "
-                "predictions.gif and losses.png to --out_dir (about 6 minutes on 2 CPU cores).",
-                epilog="Reruns: " + __doc__.split("Reruns: ")[1].replace("\n", " ").replace("    ", " "))
+               "stages, evaluate the three samplers and the zero-velocity baseline, and write report.md, "
+               "predictions.gif and losses.png to --out_dir (about 6 minutes on 2 CPU cores).",
+               epilog="Reruns: " + __doc__.split("Reruns: ")[1].replace("\n", " ").replace("    ", " "))
     p.add_argument("--out_dir", default="results/demo", help="where everything is written (default results/demo)")
     p.add_argument("--device", default="auto", help="torch device (default: cuda:0 when there is one, else cpu)")
     p.add_argument("--threads", type=positive(int), default=1,

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .arguments import Parser
 from .model import SPARD
 from .runs import find_checkpoint
 from .samplers import np_sample, onestep
@@ -170,10 +171,8 @@ def latency(path: str | Path, model: SPARD, sampler: str, *, num_samples: int, r
 # command line
 
 def parser() -> argparse.ArgumentParser:
-    from .arguments import Parser as _Parser
-
-    p = _Parser(prog="spard export", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="spard export", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="our checkpoint file, or a stage folder holding one "
                                                  "(np needs an 'np' checkpoint, onestep 'distill' or 'np')")
     p.add_argument("--sampler", choices=("np", "onestep", "both"), default="both", help="predictor(s) to export")

@@ -69,7 +69,7 @@ def write_json(predictions, path: Path) -> Path:
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="spard predict", description=__doc__.split("\n\n")[0],
-                epilog="\n\n".join(__doc__.split("\n\n")[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
+               epilog="\n\n".join(__doc__.split("\n\n")[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a spard checkpoint, or a stage folder (results/demo/np)")
     p.add_argument("--input", required=True, help="motion file: .bvh, .csv, .npy, or .npz (an array or Human3.6M format)")
     p.add_argument("--out", required=True, help="predictions file to write (.npz, or .json)")
