@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import pickle
+import re
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -188,12 +189,12 @@ def _v2_layout(path: Path, fix: str) -> tuple[np.dtype, list[int], list[int], st
         names = [f.get("id") if isinstance(f, dict) else f for f in filters] if isinstance(filters, list) else filters
         raise _refuse(path, f"it declares filters {shown(names)} (pickle and object codecs can run code)", fix)
     separator = meta.get("dimension_separator", ".")
-    if not isinstance(meta.get("dtype"), str) or meta.get("order", "C") not in ("C", "F") or separator not in "./":
+    if not isinstance(meta.get("dtype"), str) or meta.get("order", "C") not in ("C", "F") or separator not in (".", "/"):
         raise _refuse(path, f"dtype {shown(meta.get('dtype'))}, order {shown(meta.get('order'))} or dimension "
                             f"separator {shown(separator)} is not a plain numeric layout", fix)
     try:
         dtype = np.dtype(meta["dtype"])
-    except TypeError:
+    except (TypeError, ValueError):
         raise _refuse(path, f"dtype {shown(meta['dtype'])!r} is not a numpy dtype", fix) from None
     return dtype, meta.get("shape"), meta.get("chunks"), "", separator
 
@@ -211,16 +212,20 @@ def _v3_layout(path: Path, fix: str) -> tuple[np.dtype, list[int], list[int], st
         raise _refuse(path, "it declares storage transformers", fix)
     if meta.get("data_type") not in V3_DATA_TYPES:
         raise _refuse(path, f"data type {shown(meta.get('data_type'))!r} is not a plain number type", fix)
-    grid, encoding = meta.get("chunk_grid"), meta.get("chunk_key_encoding")
-    chunks = grid.get("configuration", {}).get("chunk_shape") if isinstance(grid, dict) else None
-    if not isinstance(grid, dict) or grid.get("name") != "regular" or not isinstance(encoding, dict) \
-            or encoding.get("name") not in ("default", "v2"):
+    grid, encoding = _object(meta.get("chunk_grid")), _object(meta.get("chunk_key_encoding"))
+    if grid.get("name") != "regular" or encoding.get("name") not in ("default", "v2"):
         raise _refuse(path, "its chunk grid is not regular or its chunk key encoding is unknown", fix)
     default = encoding["name"] == "default"
-    separator = (encoding.get("configuration") or {}).get("separator", "/" if default else ".")
+    separator = _object(encoding.get("configuration")).get("separator", "/" if default else ".")
     if separator not in ("/", "."):
         raise _refuse(path, f"chunk key separator {shown(separator)!r} is neither '/' nor '.'", fix)
+    chunks = _object(grid.get("configuration")).get("chunk_shape")
     return np.dtype(meta["data_type"]), meta.get("shape"), chunks, "c" if default else "", separator
+
+
+def _object(value) -> dict:
+    """`value` when it is a JSON object, else {} (a metadata entry absent or malformed)."""
+    return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -243,12 +248,23 @@ class ZarrArray:
             if key not in present:
                 raise ValueError(f"{self.path} is incomplete: chunk {key!r} of {total} is missing and would read as "
                                  "zeros; copy or convert the store again")
-        import zarr  # only AMASS users need it
-
+        zarr = _zarr()
         try:
             return zarr.open_array(str(self.path), mode="r", zarr_format=self.zarr_format)[...]
         except Exception as e:  # noqa: BLE001 - corrupt or truncated chunks, ...
             raise ValueError(f"{self.path} cannot be read as a zarr array ({first_line(e)}): {fix}") from None
+
+
+def _zarr():
+    """The zarr module, 3.1 or later (imported only when a store is read: only AMASS users need it)."""
+    try:
+        import zarr
+    except ImportError:
+        zarr = None
+    if zarr is None or tuple(int(v) for v in re.findall(r"\d+", zarr.__version__)[:2]) < (3, 1):
+        raise ValueError("reading zarr stores (AMASS) needs zarr >= 3.1 and numcodecs >= 0.16.6, on Python 3.11 or "
+                         "later: pip install 'zarr>=3.1' 'numcodecs>=0.16.6'")
+    return zarr
 
 
 def open_zarr(path: Path, fix: str) -> ZarrArray:
