@@ -240,7 +240,8 @@ def test_positions_must_be_metres(tmp_path):
 def test_splits_are_named_once(tmp_path):
     write_npz(tmp_path / "data_3d_h36m.npz", TINY)
     one_line_error(ValueError, r"'S9' is listed twice in train_splits and test_splits: name each split once, and "
-                               r"never train on a test split", h36m_cfg(tmp_path, train_splits=("S1", "S9"), test_splits=("S9",)))
+                               r"never train on a test split",
+                   h36m_cfg(tmp_path, train_splits=("S1", "S9"), test_splits=("S9",)))
     one_line_error(ValueError, r"'S1' is listed twice in train_splits:", h36m_cfg(tmp_path, train_splits=("S1", "S1")))
     with pytest.raises(ValueError, match=r"splits \('train',\) cannot be loaded: use \('train', 'test'\) to train"):
         load_dataset(tiny_cfg(tmp_path), splits=("train",))
@@ -276,7 +277,8 @@ def test_a_test_only_file_gives_the_test_protocol_of_the_full_file(tmp_path, pro
             (tmp_path / folder / "mmapd_GT.csv").write_text("id,gt_APD\n0,1.5\n1,0.0\n")
     full = load_dataset(h36m_cfg(tmp_path / "full"))
     test = load_dataset(h36m_cfg(tmp_path / "test_only"), splits=("test",))
-    assert test.classes == full.classes == ["Eating", "Walking"] and [c.key for c in test.test] == [c.key for c in full.test]
+    assert test.classes == full.classes == ["Eating", "Walking"]
+    assert [c.key for c in test.test] == [c.key for c in full.test]
     for ours, theirs in zip(evaluation_arrays(test), evaluation_arrays(full)):
         np.testing.assert_array_equal(ours, theirs)
     assert len(test.test_windows) == (2 if protocol_files else 8)

@@ -71,7 +71,8 @@ def in_folder(files: dict[str, bytes]) -> tempfile.TemporaryDirectory:
 
 floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
 good_sequence = hnp.arrays(st.sampled_from([np.float32, np.float64]),  # every joint within 2.5 m of the root
-                           st.tuples(st.integers(12, 40), st.just(32), st.just(3)), elements=st.floats(-0.6875, 0.6875, width=32))
+                           st.tuples(st.integers(12, 40), st.just(32), st.just(3)),
+                           elements=st.floats(-0.6875, 0.6875, width=32))
 bad_sequence = st.one_of(
     hnp.arrays(np.float32, st.tuples(st.integers(0, 40), st.sampled_from([31, 17]), st.sampled_from([3, 2]))),
     hnp.arrays(st.sampled_from([np.int16, np.bool_, np.complex64, np.str_]), hnp.array_shapes(max_dims=3, max_side=4)),

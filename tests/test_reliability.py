@@ -141,8 +141,8 @@ def pickle_filter(store: Path, marker: Path) -> None:
 def scaled(factor: float, dtype=None) -> Callable[[Path], None]:
     """Good data with every position multiplied by `factor` (and cast to `dtype`)."""
     def prepare(folder: Path) -> None:
-        data = {s: {a: (v * factor).astype(dtype or v.dtype) for a, v in acts.items()} for s, acts in positions().items()}
-        write_gsps(folder, data)
+        write_gsps(folder, {s: {a: (v * factor).astype(dtype or v.dtype) for a, v in acts.items()}
+                            for s, acts in positions().items()})
     return prepare
 
 
@@ -246,15 +246,16 @@ CASES = [
          zarr_store(np.zeros((200, 21, 3), np.float32))),
     Case("zarr store of integers", ["--mode", "train", "--cfg", "amass", *FAST, "--data_dir", "{case}"],
          r"ACCAD/poses\.zarr holds int32 values, expected floats", zarr_store(np.zeros((200, 22, 3), np.int32))),
-    Case("zarr store whose metadata asks for pickle", ["--mode", "train", "--cfg", "amass", *FAST, "--data_dir", "{case}"],
+    Case("zarr store whose metadata asks for pickle",
+         ["--mode", "train", "--cfg", "amass", *FAST, "--data_dir", "{case}"],
          r"ACCAD/poses\.zarr: it declares filters \['pickle'\] \(pickle and object codecs can run code\); spard reads "
          r"only plain numeric zarr arrays, checked before any chunk is decoded", amass_store(pickle_filter)),
     Case("zarr store with a missing chunk", ["--mode", "train", "--cfg", "amass", *FAST, "--data_dir", "{case}"],
          r"ACCAD/poses\.zarr is incomplete: chunk '1\.0\.0' of 3 is missing and would read as zeros; copy or convert "
          r"the store again", amass_store(lambda store, _: (store / "1.0.0").unlink())),
     Case("positions in millimetres", [*TRAIN, "--data_dir", "{case}"],
-         r"data_3d_h36m\.npz S1/Walking 1 has a joint .* from the root, more than a body's 2\.5 m: positions must be in "
-         r"metres \(divide millimetres by 1000\)", scaled(1000)),
+         r"data_3d_h36m\.npz S1/Walking 1 has a joint .* from the root, more than a body's 2\.5 m: positions must "
+         r"be in metres \(divide millimetres by 1000\)", scaled(1000)),
     Case("integer positions", [*TRAIN, "--data_dir", "{case}"],
          r"data_3d_h36m\.npz S1/Walking 1 holds int64 positions, expected floats in metres", scaled(1000, np.int64)),
     Case("segments CSV of another t_pred", [*TRAIN, "--data_dir", "{case}", "--t_pred", "50"],
