@@ -1,6 +1,10 @@
 """AMASS reader on small zarr v2 stores in BeLFusion's layout, and the AMASS protocol files."""
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -11,15 +15,15 @@ from conftest import REPO, require, shared_path
 
 from spard.config import preset
 from spard.data import AMASS, load_dataset
-from spard.data.amass import AMASS_CMD_REFERENCE
+from spard.data.amass import AMASS_CMD_REFERENCE, read_dataset
+from spard.data.files import open_zarr
 from spard.data.protocol import read_mmapd, read_segments
 
-zarr = require("zarr", "pip install -e .")
+zarr = require("zarr", "pip install -e . (zarr>=3.1, numcodecs>=0.16.6)")
 
 
 def write_array(path, values, chunks):
-    v2 = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
-    z = zarr.open_array(str(path), mode="w", shape=values.shape, chunks=chunks, dtype=values.dtype, **v2)
+    z = zarr.open_array(str(path), mode="w", shape=values.shape, chunks=chunks, dtype=values.dtype, zarr_format=2)
     z[:] = values
 
 
@@ -116,3 +120,127 @@ def test_published_amass_protocol_files_parse():
     assert (rows[-1].key, rows[-1].pred_init) == (("SOMA", "68"), 540)
     mmapd = read_mmapd(folder / "mmapd_GT.csv")
     assert mmapd.shape == (12727,) and (mmapd == 0).sum() == 4365
+
+
+# --- stores are checked before anything is decoded ------------------------------------------------
+
+class Evil:
+    """Unpickling this creates a marker file: what a pickle codec would run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def edit_metadata(store, **changes):
+    """Change keys of a v2 store's .zarray (or of a v3 store's zarr.json)."""
+    path = store / (".zarray" if (store / ".zarray").is_file() else "zarr.json")
+    meta = json.loads(path.read_text())
+    meta.update(changes)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(filters=[{"id": "pickle", "protocol": 4}], compressor=None),
+     r"it declares filters \['pickle'\] \(pickle and object codecs can run code\)"),
+    (dict(dtype="|O", filters=None, compressor=None), r"dtype object is not a plain number type"),
+    (dict(compressor={"id": "pickle"}), r"compressor 'pickle' is not one of blosc, zstd, gzip, zlib, lz4, bz2, lzma"),
+])
+def test_a_store_asking_for_pickle_is_refused_unread(stores, monkeypatch, changes, match):
+    import numcodecs.pickles
+
+    monkeypatch.setattr(numcodecs.pickles, "ALLOW_UNSAFE_PICKLE_DECODE", True)  # as an old numcodecs would
+    root, _ = stores
+    marker = root / "PWNED"
+    store = root / "ACCAD" / "poses.zarr"
+    edit_metadata(store, **changes)
+    for chunk in ("0.0.0", "1.0.0"):
+        (store / chunk).write_bytes(pickle.dumps(np.array([Evil(marker)], dtype=object)))
+    with pytest.raises(ValueError, match=f"ACCAD/poses.zarr: {match}; spard reads only plain numeric zarr arrays, "
+                                         "checked before any chunk is decoded: prepare AMASS") as err:
+        load_dataset(amass_cfg(root))
+    assert "\n" not in str(err.value) and not marker.exists()
+
+
+def test_the_installed_numcodecs_refuses_to_unpickle(tmp_path):
+    import numcodecs
+    from numcodecs.errors import UnsafeDecodeError
+
+    marker = tmp_path / "PWNED"
+    with pytest.raises(UnsafeDecodeError):
+        numcodecs.Pickle().decode(pickle.dumps(np.array([Evil(marker)], dtype=object)))
+    assert not marker.exists()
+
+
+def test_zarr_v3_stores_read_and_their_codecs_are_checked(tmp_path):
+    rng = np.random.default_rng(0)
+    poses = np.cumsum(rng.normal(0, 0.01, (300, 22, 3)), axis=0).astype(np.float32)
+    for name, values in (("poses.zarr", poses), ("poses_index.zarr", np.array([[0, 300]]))):
+        z = zarr.open_array(str(tmp_path / "ACCAD" / name), mode="w", shape=values.shape, dtype=values.dtype,
+                            chunks=(100,) + values.shape[1:], zarr_format=3)
+        z[:] = values
+    (clip,) = read_dataset(tmp_path, "ACCAD")
+    np.testing.assert_allclose(clip[1][:, 1:], poses[:, 1:] - poses[:, :1], atol=1e-6)
+    store = tmp_path / "ACCAD" / "poses.zarr"
+    codecs = json.loads((store / "zarr.json").read_text())["codecs"]
+    edit_metadata(store, codecs=[*codecs, {"name": "numcodecs.pickle"}])
+    with pytest.raises(ValueError, match=r"codec 'numcodecs\.pickle' is not one of bytes, transpose, blosc"):
+        read_dataset(tmp_path, "ACCAD")
+    edit_metadata(store, codecs=[{"name": "sharding_indexed", "configuration": {"codecs": codecs}}])
+    with pytest.raises(ValueError, match=r"codec 'sharding_indexed' is not one of"):
+        read_dataset(tmp_path, "ACCAD")
+
+
+def test_a_missing_chunk_is_refused_not_read_as_zeros(tmp_path):
+    write_dataset(tmp_path, "ACCAD", [400, 1200, 90])  # poses in chunks of 1000 rows: 0.0.0 and 1.0.0
+    (tmp_path / "ACCAD" / "poses.zarr" / "1.0.0").unlink()
+    with pytest.raises(ValueError, match=r"ACCAD/poses\.zarr is incomplete: chunk '1\.0\.0' of 2 is missing and would "
+                                         r"read as zeros; copy or convert the store again"):
+        read_dataset(tmp_path, "ACCAD")
+    nested = tmp_path / "nested"  # the same with '/' as separator
+    write_array(nested, np.ones((30, 2), np.int64), (10, 2))
+    edit_metadata(nested, dimension_separator="/")
+    for key in ("0.0", "1.0", "2.0"):
+        (nested / key.replace(".", "/")).parent.mkdir(exist_ok=True)
+        (nested / key).rename(nested / key.replace(".", "/"))
+    np.testing.assert_array_equal(open_zarr(nested, "").read(""), np.ones((30, 2)))
+    (nested / "2" / "0").unlink()
+    with pytest.raises(ValueError, match=r"chunk '2/0' of 3 is missing"):
+        open_zarr(nested, "").read("")
+
+
+def test_integer_or_millimetre_poses_are_refused(tmp_path):
+    world = write_dataset(tmp_path, "ACCAD", [200])[0]
+    write_array(tmp_path / "ACCAD" / "poses.zarr", world * 1000, (1000, 22, 3))
+    with pytest.raises(ValueError, match=r"ACCAD/poses\.zarr file_idx 0 has a joint .* more than a body's 2\.5 m"):
+        read_dataset(tmp_path, "ACCAD")
+    write_array(tmp_path / "ACCAD" / "poses.zarr", (world * 1000).astype(np.int32), (1000, 22, 3))
+    with pytest.raises(ValueError, match=r"ACCAD/poses\.zarr holds int32 values, expected floats"):
+        read_dataset(tmp_path, "ACCAD")
+
+
+def test_metadata_that_is_not_json_or_too_deep_gives_one_line(tmp_path):
+    write_array(tmp_path / "a.zarr", np.ones((3, 2)), (3, 2))
+    for text, match in (("[" * 100_000, "nested too deeply"), ("{'zarr_format': 2", "is not valid JSON"),
+                        ('{"zarr_format": 2, "zarr_format": 3}', "key 'zarr_format' appears twice")):
+        (tmp_path / "a.zarr" / ".zarray").write_text(text)
+        with pytest.raises(ValueError, match=match) as err:
+            open_zarr(tmp_path / "a.zarr", "fix it")
+        assert "\n" not in str(err.value)
+
+
+def test_a_test_only_folder_gives_the_test_protocol_of_the_full_folder(stores):
+    root, _ = stores
+    (root / "segments_test.csv").write_text("dataset,file,file_idx,pred_init,pred_end\nGRAB,a,0,180,299\n"
+                                            "DFaust,b,0,300,419\n")
+    full = load_dataset(amass_cfg(root))
+    for name in ("ACCAD", "CMU"):
+        shutil.rmtree(root / name)
+    test = load_dataset(amass_cfg(root), splits=("test",))
+    assert test.classes == full.classes and test.train == test.val == []
+    for field in ("test_windows", "test_labels", "cmd_reference"):
+        np.testing.assert_array_equal(getattr(test, field), getattr(full, field))
+    with pytest.raises(FileNotFoundError, match="ACCAD/poses.zarr not found"):
+        load_dataset(amass_cfg(root))

@@ -206,6 +206,20 @@ def test_dataset(dataset):
     assert dataset.notes
 
 
+def test_a_test_only_load_gives_the_test_protocol_of_a_full_load(dataset):
+    test = dm.load_deepmimic(_cfg(), splits=("test",))
+    assert test.classes == dataset.classes and test.train == test.val == [] and len(test.val_windows) == 0
+    for field in ("test_windows", "test_labels", "cmd_reference"):
+        np.testing.assert_array_equal(getattr(test, field), getattr(dataset, field))
+
+
+def test_cmd_reference_is_the_mean_motion_of_each_class_test_windows(dataset):
+    future = dataset.test_windows[:, T_HIS:, 1:].astype(np.float64)  # [N, t_pred, J, 3]
+    motion = np.linalg.norm(np.diff(future, axis=1), axis=-1).mean(axis=(1, 2))  # [N]
+    for c in np.unique(dataset.test_labels):
+        assert dataset.cmd_reference[c] == pytest.approx(motion[dataset.test_labels == c].mean(), rel=1e-6)
+
+
 def test_wrong_joint_count(root):
     with pytest.raises(ValueError, match="17 joints"):
         dm.load_deepmimic(_cfg(num_joints=14))

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import shared_path
+from conftest import shared_path, write_gsps
 
 from spard.config import preset
 from spard.data import H36M, load_dataset
@@ -186,3 +186,116 @@ def test_mmapd_must_match_the_test_windows(tmp_path):
     write_npz(tmp_path / "data_3d_h36m.npz", TINY)
     (tmp_path / "mmapd_GT.csv").write_text("id,gt_APD\n0,1.5\n1,0.0\n")
     one_line_error(ValueError, "2 rows for 7 test windows", tiny_cfg(tmp_path))
+
+
+@pytest.mark.parametrize("row, match", [
+    ("S9,Walk,25,50,99", r"line 3 .*pred_end 99 is not pred_init \+ t_pred - 1 = 149, the row is made for t_pred 50"),
+    ("S9,Walk,30,50,149", r"line 3 .*init 30 is not pred_init - t_his = 25, the row is made for t_his 20"),
+    ("S9,Walk,0,25,124", r"line 3 .*the same window as line 2; each window must be listed once"),
+    ("S9,Walk,0,25,1e3", r"line 3 .*pred_end '1e3' is not an integer"),
+])
+def test_segment_rows_must_describe_windows_of_this_protocol(tmp_path, row, match):
+    write_npz(tmp_path / "data_3d_h36m.npz", TINY)
+    (tmp_path / "segments_test.csv").write_text(f"subject,action,init,pred_init,pred_end\nS9,Walk,0,25,124\n{row}\n")
+    one_line_error(ValueError, match, tiny_cfg(tmp_path))
+
+
+def test_a_segments_file_of_another_t_pred_is_refused(tmp_path):
+    write_npz(tmp_path / "data_3d_h36m.npz", TINY)
+    (tmp_path / "segments_test.csv").write_text("subject,action,init,pred_init,pred_end\nS9,Walk,0,25,124\n")
+    assert len(load_dataset(tiny_cfg(tmp_path)).test_windows) == 1
+    one_line_error(ValueError, r"line 2 .*pred_end 124 is not pred_init \+ t_pred - 1 = 74, the row is made for "
+                               r"t_pred 100", tiny_cfg(tmp_path, t_pred=50))
+
+
+def test_classes_json_must_be_unambiguous(tmp_path):
+    write_npz(tmp_path / "data_3d_h36m.npz", TINY)
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps({"classes": ["Walk", "Sit", "Walk"], "mean_motion_per_class": [0.1, 0.2, 0.3]}))
+    one_line_error(ValueError, r"classes\.json: class 'Walk' is listed twice; list each class once", tiny_cfg(tmp_path))
+    classes.write_text('{"classes": ["Walk", "Sit"], "classes": ["Sit", "Walk"]}')
+    one_line_error(ValueError, r"classes\.json: key 'classes' appears twice in one object", tiny_cfg(tmp_path))
+    classes.write_text('{"classes": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    one_line_error(ValueError, r"classes\.json is nested too deeply to be the expected JSON", tiny_cfg(tmp_path))
+    classes.write_text(json.dumps({"classes": ["Walk", "Sit"], "mean_motion_per_class": [0.25, None]}))
+    ds = load_dataset(tiny_cfg(tmp_path))
+    assert ds.classes == ["Walk", "Sit"] and ds.test_labels.tolist() == [0] * 4 + [1] * 3
+    np.testing.assert_array_equal(ds.cmd_reference, [0.25, np.nan])
+
+
+def test_positions_must_be_metres(tmp_path):
+    raw = write_npz(tmp_path / "data_3d_h36m.npz", TINY)
+    np.savez(tmp_path / "data_3d_h36m.npz", positions_3d={**raw, "S9": {"Walk": (raw["S9"]["Walk"] * 1000)}})
+    one_line_error(ValueError, r"S9/Walk has a joint \d+(\.\d+)? from the root, more than a body's 2\.5 m: positions "
+                               r"must be in metres \(divide millimetres by 1000\)", tiny_cfg(tmp_path))
+    millimetres = np.round(raw["S9"]["Walk"] * 1000).astype(np.int64)
+    np.savez(tmp_path / "data_3d_h36m.npz", positions_3d={**raw, "S9": {"Walk": millimetres}})
+    one_line_error(ValueError, r"S9/Walk holds int64 positions, expected floats in metres", tiny_cfg(tmp_path))
+    tall = raw["S1"]["Sit"].copy()
+    tall[5, 12] = tall[5, 0] + [0.0, 0.0, 2.49]  # the most a joint may lie from the root (float32 rounding aside)
+    np.savez(tmp_path / "data_3d_h36m.npz", positions_3d={**raw, "S1": {**raw["S1"], "Sit": tall}})
+    assert load_dataset(tiny_cfg(tmp_path)).train
+
+
+def test_splits_are_named_once(tmp_path):
+    write_npz(tmp_path / "data_3d_h36m.npz", TINY)
+    one_line_error(ValueError, r"'S9' is listed twice in train_splits and test_splits: name each split once, and "
+                               r"never train on a test split",
+                   h36m_cfg(tmp_path, train_splits=("S1", "S9"), test_splits=("S9",)))
+    one_line_error(ValueError, r"'S1' is listed twice in train_splits:", h36m_cfg(tmp_path, train_splits=("S1", "S1")))
+    with pytest.raises(ValueError, match=r"splits \('train',\) cannot be loaded: use \('train', 'test'\) to train"):
+        load_dataset(tiny_cfg(tmp_path), splits=("train",))
+
+
+def test_an_npz_naming_a_member_twice_is_refused(tmp_path):
+    import warnings
+    import zipfile
+
+    path = tmp_path / "data_3d_h36m.npz"
+    write_npz(path, TINY)
+    member = zipfile.ZipFile(path).read("positions_3d.npy")
+    with zipfile.ZipFile(path, "a") as npz, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name it writes
+        npz.writestr("positions_3d.npy", member)
+    one_line_error(ValueError, r"holds two members named 'positions_3d': it is damaged or forged", tiny_cfg(tmp_path))
+
+
+# --- evaluation reads only the test split ----------------------------------------------------------
+
+def evaluation_arrays(ds):
+    return ds.test_windows, ds.test_labels, ds.cmd_reference, ds.mmapd
+
+
+@pytest.mark.parametrize("protocol_files", [False, True])
+def test_a_test_only_file_gives_the_test_protocol_of_the_full_file(tmp_path, protocol_files):
+    raw = np.load(write_gsps(tmp_path / "full"), allow_pickle=True)["positions_3d"].item()
+    write_gsps(tmp_path / "test_only", {s: raw[s] for s in ("S9", "S11")})
+    if protocol_files:  # the same segments and mmapd files beside both
+        for folder in ("full", "test_only"):
+            (tmp_path / folder / "segments_test.csv").write_text(
+                "subject,action,init,pred_init,pred_end\nS11,Eating 1,25,50,149\nS9,Walking 1,0,25,124\n")
+            (tmp_path / folder / "mmapd_GT.csv").write_text("id,gt_APD\n0,1.5\n1,0.0\n")
+    full = load_dataset(h36m_cfg(tmp_path / "full"))
+    test = load_dataset(h36m_cfg(tmp_path / "test_only"), splits=("test",))
+    assert test.classes == full.classes == ["Eating", "Walking"]
+    assert [c.key for c in test.test] == [c.key for c in full.test]
+    for ours, theirs in zip(evaluation_arrays(test), evaluation_arrays(full)):
+        np.testing.assert_array_equal(ours, theirs)
+    assert len(test.test_windows) == (2 if protocol_files else 8)
+    assert test.train == test.val == [] and test.val_windows.shape == (0, 125, 17, 3) and len(test.val_labels) == 0
+    # training needs (and checks) the training subjects
+    one_line_error(ValueError, r"subject 'S1' is not in .* \(it has S9, S11\)", h36m_cfg(tmp_path / "test_only"))
+
+
+def test_class_ids_come_from_the_test_subjects(tmp_path):
+    lengths = {"S1": {"Walk 1": 300, "Run 1": 300, "Sit 1": 300}, "S9": {"Walk": 200, "Sit 3": 180}}
+    raw = write_npz(tmp_path / "data_3d_h36m.npz", lengths)
+    full = load_dataset(tiny_cfg(tmp_path))
+    assert full.classes == ["Sit", "Walk", "Run"]  # a class only training has comes after the tested ones
+    np.savez(tmp_path / "data_3d_h36m.npz", positions_3d={"S9": raw["S9"]})
+    test = load_dataset(tiny_cfg(tmp_path), splits=("test",))
+    assert test.classes == ["Sit", "Walk"]
+    np.testing.assert_array_equal(test.test_windows, full.test_windows)
+    np.testing.assert_array_equal(test.test_labels, full.test_labels)
+    np.testing.assert_array_equal(test.cmd_reference, full.cmd_reference[:2])
+    assert np.isnan(full.cmd_reference[2])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -72,13 +73,15 @@ def in_folder(files: dict[str, bytes]) -> tempfile.TemporaryDirectory:
 # GSPS npz files
 
 floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
-good_sequence = hnp.arrays(st.sampled_from([np.float32, np.float64]),
-                           st.tuples(st.integers(12, 40), st.just(32), st.just(3)), elements=st.floats(-2, 2, width=32))
+good_sequence = hnp.arrays(st.sampled_from([np.float32, np.float64]),  # every joint within 2.5 m of the root
+                           st.tuples(st.integers(12, 40), st.just(32), st.just(3)),
+                           elements=st.floats(-0.6875, 0.6875, width=32))
 bad_sequence = st.one_of(
     hnp.arrays(np.float32, st.tuples(st.integers(0, 40), st.sampled_from([31, 17]), st.sampled_from([3, 2]))),
     hnp.arrays(st.sampled_from([np.int16, np.bool_, np.complex64, np.str_]), hnp.array_shapes(max_dims=3, max_side=4)),
     hnp.arrays(np.float32, (20, 32, 3), elements=floats),
     hnp.arrays(np.float64, (20, 32, 3), elements=st.floats(-1e300, 1e300)),  # finite, beyond float32
+    hnp.arrays(st.sampled_from([np.float32, np.int32]), (20, 32, 3), elements=st.integers(-2000, 2000)),  # mm
     st.none(), st.text(max_size=3), st.integers(),
 )
 good_actions = st.dictionaries(st.sampled_from(["Walking 1", "Eating", "Sitting 2"]), good_sequence,
@@ -205,14 +208,64 @@ def test_zarr_stores_load_or_say_why(poses, index):
     zarr = require("zarr", "pip install -e .")
     from spard.data.amass import read_dataset
 
-    v2 = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
     with tempfile.TemporaryDirectory() as root:
         for name, values in (("poses.zarr", poses), ("poses_index.zarr", index)):
             z = zarr.open_array(str(Path(root) / "ACCAD" / name), mode="w", shape=values.shape, dtype=values.dtype,
-                                **v2)
+                                zarr_format=2, config={"write_empty_chunks": True})  # zeros are data here
             z[:] = values
         clips = attempt(read_dataset, Path(root), "ACCAD")
     assert clips is None or all(poses.shape[1:] == (22, 3) for _, poses in clips)
+
+
+class Evil:
+    """Unpickling this creates `marker`: what a store whose metadata asks for pickle would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+sizes = st.lists(st.integers(-1, 12), max_size=3)
+zarray = st.fixed_dictionaries({
+    "zarr_format": st.sampled_from([2, 3, "2"]), "shape": sizes, "chunks": sizes,
+    "dtype": st.sampled_from(["<f4", "<f8", "<i8", "|O", "<U3", "|V8", "<M8[s]", "bogus", 1]),
+    "compressor": st.none() | st.fixed_dictionaries({"id": st.sampled_from(["zstd", "blosc", "pickle", "x"])}),
+    "filters": st.none() | st.lists(st.fixed_dictionaries({"id": st.sampled_from(["pickle", "delta"])}), max_size=2),
+    "order": st.sampled_from(["C", "F", "X"]), "fill_value": st.sampled_from([0, None, "NaN", 1.5]),
+}, optional={"dimension_separator": st.sampled_from([".", "/", "", "x"])})
+codec = st.sampled_from(["bytes", "zstd", "numcodecs.pickle", "vlen-utf8", "sharding_indexed"]).map(
+    lambda name: {"name": name, "configuration": {"endian": "little"} if name == "bytes" else {}})
+zarr_json = st.fixed_dictionaries({
+    "zarr_format": st.sampled_from([3, 2]), "node_type": st.sampled_from(["array", "group"]), "shape": sizes,
+    "data_type": st.sampled_from(["float32", "int64", "bool", "string", "complex64", "object"]),
+    "chunk_grid": st.fixed_dictionaries({"name": st.sampled_from(["regular", "rectilinear"]),
+                                         "configuration": st.fixed_dictionaries({"chunk_shape": sizes})}),
+    "chunk_key_encoding": st.fixed_dictionaries({"name": st.sampled_from(["default", "v2", "x"])}),
+    "codecs": st.lists(codec, max_size=3), "fill_value": st.sampled_from([0, None, "NaN"]),
+})
+metadata = st.one_of(zarray.map(lambda d: (".zarray", d)), zarr_json.map(lambda d: ("zarr.json", d)),
+                     json_values.map(lambda d: (".zarray", d)))
+
+
+@SETTINGS
+@given(metadata, st.sampled_from([[], ["0"], ["0.0", "1.0"], ["0/0", "1/0"], ["c/0/0", "c/1/0"], ["c"]]),
+       st.sampled_from(["evil", "bytes"]))
+def test_zarr_metadata_is_refused_or_read_and_never_runs_code(meta, chunks, payload):
+    from spard.data.files import open_zarr
+
+    with tempfile.TemporaryDirectory() as folder:
+        store, marker = Path(folder) / "a.zarr", Path(folder) / "PWNED"
+        for key in chunks:
+            (store / key).parent.mkdir(parents=True, exist_ok=True)
+            content = pickle.dumps(np.array([Evil(marker)], dtype=object)) if payload == "evil" else b"\x00" * 8
+            (store / key).write_bytes(content)
+        store.mkdir(exist_ok=True)
+        (store / meta[0]).write_text(json.dumps(meta[1]))
+        values = attempt(lambda: open_zarr(store, "fix it").read("fix it"))
+        assert not marker.exists()
+    assert values is None or values.dtype.kind in "biuf"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -115,6 +116,36 @@ def zarr_store(poses: np.ndarray) -> Callable[[Path], None]:
     return prepare
 
 
+def amass_store(damage: Callable[[Path, Path], None]) -> Callable[[Path], None]:
+    """An AMASS folder whose first sub-dataset (ACCAD) holds good stores, chunks of 100 rows, then `damage(store,
+    marker)` is applied to its poses.zarr."""
+    def prepare(folder: Path) -> None:
+        zarr = pytest.importorskip("zarr")
+        poses = smooth_motion(np.random.default_rng(0), 300, 22).astype(np.float32)
+        for name, values in (("poses.zarr", poses), ("poses_index.zarr", np.array([[0, 300]]))):
+            z = zarr.open_array(str(folder / "ACCAD" / name), mode="w", shape=values.shape, dtype=values.dtype,
+                                chunks=(100,) + values.shape[1:], zarr_format=2)
+            z[:] = values
+        damage(folder / "ACCAD" / "poses.zarr", folder / "PWNED")
+    return prepare
+
+
+def pickle_filter(store: Path, marker: Path) -> None:
+    """The store's metadata asks for a pickle filter, and its chunks are pickles that run a command."""
+    meta = json.loads((store / ".zarray").read_text())
+    (store / ".zarray").write_text(json.dumps({**meta, "filters": [{"id": "pickle"}], "compressor": None}))
+    for chunk in ("0.0.0", "1.0.0", "2.0.0"):
+        (store / chunk).write_bytes(pickle.dumps(np.array([Evil(marker)], dtype=object)))
+
+
+def scaled(factor: float, dtype=None) -> Callable[[Path], None]:
+    """Good data with every position multiplied by `factor` (and cast to `dtype`)."""
+    def prepare(folder: Path) -> None:
+        write_gsps(folder, {s: {a: (v * factor).astype(dtype or v.dtype) for a, v in acts.items()}
+                            for s, acts in positions().items()})
+    return prepare
+
+
 SEGMENTS = "subject,action,init,pred_init,pred_end\n"
 EVAL = ["--mode", "eval", "--cfg", "h36m", *FAST]
 TRAIN = ["--mode", "train", "--cfg", "h36m", *FAST]
@@ -215,6 +246,38 @@ CASES = [
          zarr_store(np.zeros((200, 21, 3), np.float32))),
     Case("zarr store of integers", ["--mode", "train", "--cfg", "amass", *FAST, "--data_dir", "{case}"],
          r"ACCAD/poses\.zarr holds int32 values, expected floats", zarr_store(np.zeros((200, 22, 3), np.int32))),
+    Case("zarr store whose metadata asks for pickle",
+         ["--mode", "train", "--cfg", "amass", *FAST, "--data_dir", "{case}"],
+         r"ACCAD/poses\.zarr: it declares filters \['pickle'\] \(pickle and object codecs can run code\); spard reads "
+         r"only plain numeric zarr arrays, checked before any chunk is decoded", amass_store(pickle_filter)),
+    Case("zarr store with a missing chunk", ["--mode", "train", "--cfg", "amass", *FAST, "--data_dir", "{case}"],
+         r"ACCAD/poses\.zarr is incomplete: chunk '1\.0\.0' of 3 is missing and would read as zeros; copy or convert "
+         r"the store again", amass_store(lambda store, _: (store / "1.0.0").unlink())),
+    Case("positions in millimetres", [*TRAIN, "--data_dir", "{case}"],
+         r"data_3d_h36m\.npz S1/Walking 1 has a joint .* from the root, more than a body's 2\.5 m: positions must "
+         r"be in metres \(divide millimetres by 1000\)", scaled(1000)),
+    Case("integer positions", [*TRAIN, "--data_dir", "{case}"],
+         r"data_3d_h36m\.npz S1/Walking 1 holds int64 positions, expected floats in metres", scaled(1000, np.int64)),
+    Case("segments CSV of another t_pred", [*TRAIN, "--data_dir", "{case}", "--t_pred", "50"],
+         r"segments_test\.csv line 2 \(subject S9, action Walking 1\): pred_end 124 is not pred_init \+ t_pred - 1 = "
+         r"74, the row is made for t_pred 100; fix the row, or give the segments file of this data and t_his/t_pred",
+         write("segments_test.csv", SEGMENTS + "S9,Walking 1,0,25,124\n")),
+    Case("segments CSV: a window listed twice", [*EVAL, "--data_dir", "{case}", "--ckpt", "{ckpt}/base.pt"],
+         r"segments_test\.csv line 3 \(subject S9, action Walking 1\): the same window as line 2; each window must be "
+         r"listed once", write("segments_test.csv", SEGMENTS + "S9,Walking 1,0,25,124\nS9,Walking 1,0,25,124\n")),
+    Case("classes.json listing a class twice", [*EVAL, "--data_dir", "{case}", "--ckpt", "{ckpt}/base.pt"],
+         r"classes\.json: class 'Walking' is listed twice; list each class once \(its position is its id\)",
+         write("classes.json", '{"classes": ["Walking", "Eating", "Walking"]}')),
+    Case("classes.json nested too deeply", [*EVAL, "--data_dir", "{case}", "--ckpt", "{ckpt}/base.pt"],
+         r"classes\.json is nested too deeply to be the expected JSON; fix it or remove the file",
+         write("classes.json", "[" * 100_000 + "]" * 100_000)),
+    Case("FID classifier whose pickle would run code",
+         [*EVAL, "--data_dir", "{data}", "--ckpt", "{ckpt}/base.pt", "--fid_classifier", "{ckpt}/evil.pt"],
+         r"FID classifier .*evil\.pt holds posix\.system, which could run code; refusing to unpickle it: give the "
+         r"published h36m_classifier\.pth"),
+    Case("FID classifier that is not one", [*EVAL, "--data_dir", "{data}", "--ckpt", "{ckpt}/base.pt",
+                                            "--fid_classifier", "{ckpt}/base.pt"],
+         r"FID classifier .*base\.pt does not fit ClassifierForFID \(.*\); give the published h36m_classifier\.pth"),
     # --- flags
     Case("zero epochs", [*TRAIN, "--data_dir", "{data}", "--num_epoch", "0"],
          r"--num_epoch must be >= 1, got 0"),

@@ -50,5 +50,7 @@ class Dataset:
     val_windows: np.ndarray  # [Nv, T, J+1, 3] float32 (checkpoint selection, never the test set)
     val_labels: np.ndarray  # [Nv] int64
     mmapd: np.ndarray | None = None  # [N] gt_APD per test window (APDE reference), 0 = no reference
-    cmd_reference: np.ndarray | None = None  # [C] mean motion per class (m/frame), NaN = none
+    cmd_reference: np.ndarray | None = None  # [C] mean motion per class (m/frame), NaN = none; the readers give the
+    # published table, else each class's mean motion in the test windows; None (a Dataset built by hand): evaluation
+    # computes the latter
     notes: list[str] = field(default_factory=list)  # what the reader skipped or assumed, for the log

@@ -36,8 +36,8 @@ Split (deterministic, by time within each clip; there is one recording per actio
   parts and goes whole to train: those classes have no validation/test windows (CMD reference NaN).
 The rest is `protocol.build_dataset`, as for every dataset, with these validation clips: test and validation
 windows by the published rule (per clip, starts 0, t_his, 2 t_his, ... while the window of T = t_his + t_pred
-frames fits) and the CMD reference from the test windows. Suggested protocol: fps 30, t_his 15, t_pred 30 (T = 1.5 s, so the
-shortest one-shot, kick at 1.53 s, still gives a training window).
+frames fits) and the CMD reference from the test windows. Suggested protocol: fps 30, t_his 15, t_pred 30
+(T = 1.5 s, so the shortest one-shot, kick at 1.53 s, still gives a training window).
 """
 from __future__ import annotations
 

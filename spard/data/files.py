@@ -18,8 +18,9 @@ import itertools
 import json
 import math
 import pickle
+import re
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,16 @@ def shown(name) -> str:
     """A name read from a file, fit for a one-line message (its repr when it holds line breaks or the like)."""
     text = str(name)
     return text if text.isprintable() else repr(text)
+
+
+def first_repeated(items):
+    """The first item that occurs a second time in `items`, or None when each occurs once."""
+    seen = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
 
 
 def find_file(given: str | None, folder: Path, name: str) -> Path | None:
@@ -58,8 +69,7 @@ class _DuplicateKey(ValueError):
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    keys = [key for key, _ in pairs]
-    twice = next((key for key in keys if keys.count(key) > 1), None)
+    twice = first_repeated(key for key, _ in pairs)
     if twice is not None:
         raise _DuplicateKey(f"key {shown(twice)!r} appears twice in one object")
     return dict(pairs)
@@ -135,7 +145,7 @@ def read_npz_object(path: Path, name: str) -> tuple[list[str], object]:
         raise ValueError(damaged.format(path=path, detail=first_line(e))) from None
     with npz:
         members = [m.removesuffix(".npy") for m in npz.namelist()]
-        twice = next((m for m in members if members.count(m) > 1), None)
+        twice = first_repeated(members)
         if twice is not None:
             raise ValueError(f"{path} holds two members named {shown(twice)!r}: it is damaged or forged; "
                              "convert the data again")
@@ -169,11 +179,9 @@ def _ints(value, positive: bool) -> bool:
     return isinstance(value, list) and all(type(v) is int and (v > 0 if positive else v >= 0) for v in value)
 
 
-def _chunk_keys(shape: list[int], chunks: list[int], prefix: str, separator: str):
-    """The store key of every chunk of a regular grid, lazily: "0.1.2" (v2), "c/0/1/2" (v3 default), "0" (0-d v2)."""
-    for index in itertools.product(*(range(math.ceil(s / c)) for s, c in zip(shape, chunks))):
-        parts = ([prefix] if prefix else []) + [str(i) for i in index]
-        yield separator.join(parts) or "0"
+def _object(value) -> dict:
+    """`value` when it is a JSON object, else {} (a metadata entry absent or malformed)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _v2_layout(path: Path, fix: str) -> tuple[np.dtype, list[int], list[int], str, str]:
@@ -187,13 +195,13 @@ def _v2_layout(path: Path, fix: str) -> tuple[np.dtype, list[int], list[int], st
     if filters not in (None, []):
         names = [f.get("id") if isinstance(f, dict) else f for f in filters] if isinstance(filters, list) else filters
         raise _refuse(path, f"it declares filters {shown(names)} (pickle and object codecs can run code)", fix)
-    separator = meta.get("dimension_separator", ".")
-    if not isinstance(meta.get("dtype"), str) or meta.get("order", "C") not in ("C", "F") or separator not in "./":
-        raise _refuse(path, f"dtype {shown(meta.get('dtype'))}, order {shown(meta.get('order'))} or dimension "
+    separator, order = meta.get("dimension_separator", "."), meta.get("order", "C")
+    if not isinstance(meta.get("dtype"), str) or order not in ("C", "F") or separator not in (".", "/"):
+        raise _refuse(path, f"dtype {shown(meta.get('dtype'))}, order {shown(order)} or dimension "
                             f"separator {shown(separator)} is not a plain numeric layout", fix)
     try:
         dtype = np.dtype(meta["dtype"])
-    except TypeError:
+    except (TypeError, ValueError):
         raise _refuse(path, f"dtype {shown(meta['dtype'])!r} is not a numpy dtype", fix) from None
     return dtype, meta.get("shape"), meta.get("chunks"), "", separator
 
@@ -211,15 +219,14 @@ def _v3_layout(path: Path, fix: str) -> tuple[np.dtype, list[int], list[int], st
         raise _refuse(path, "it declares storage transformers", fix)
     if meta.get("data_type") not in V3_DATA_TYPES:
         raise _refuse(path, f"data type {shown(meta.get('data_type'))!r} is not a plain number type", fix)
-    grid, encoding = meta.get("chunk_grid"), meta.get("chunk_key_encoding")
-    chunks = grid.get("configuration", {}).get("chunk_shape") if isinstance(grid, dict) else None
-    if not isinstance(grid, dict) or grid.get("name") != "regular" or not isinstance(encoding, dict) \
-            or encoding.get("name") not in ("default", "v2"):
+    grid, encoding = _object(meta.get("chunk_grid")), _object(meta.get("chunk_key_encoding"))
+    if grid.get("name") != "regular" or encoding.get("name") not in ("default", "v2"):
         raise _refuse(path, "its chunk grid is not regular or its chunk key encoding is unknown", fix)
     default = encoding["name"] == "default"
-    separator = (encoding.get("configuration") or {}).get("separator", "/" if default else ".")
+    separator = _object(encoding.get("configuration")).get("separator", "/" if default else ".")
     if separator not in ("/", "."):
         raise _refuse(path, f"chunk key separator {shown(separator)!r} is neither '/' nor '.'", fix)
+    chunks = _object(grid.get("configuration")).get("chunk_shape")
     return np.dtype(meta["data_type"]), meta.get("shape"), chunks, "c" if default else "", separator
 
 
@@ -231,8 +238,15 @@ class ZarrArray:
     zarr_format: int  # 2 or 3
     dtype: np.dtype
     shape: tuple[int, ...]
-    chunks: tuple[int, ...]
-    chunk_keys: Callable[[], Iterator[str]]  # the store key of every chunk of the grid, lazily
+    chunks: tuple[int, ...]  # a regular grid
+    key_prefix: str  # of every chunk key: "c" (v3 default encoding) or ""
+    separator: str  # between the parts of a chunk key: "." or "/"
+
+    def chunk_keys(self) -> Iterator[str]:
+        """The store key of every chunk, lazily: "0.1.2" (v2), "c/0/1/2" (v3 default), "0" (0-d v2)."""
+        for index in itertools.product(*(range(math.ceil(s / c)) for s, c in zip(self.shape, self.chunks))):
+            parts = ([self.key_prefix] if self.key_prefix else []) + [str(i) for i in index]
+            yield self.separator.join(parts) or "0"
 
     def read(self, fix: str) -> np.ndarray:
         """The whole array; refused first when a chunk is missing (zarr would read it as fill values, zeros that
@@ -243,12 +257,23 @@ class ZarrArray:
             if key not in present:
                 raise ValueError(f"{self.path} is incomplete: chunk {key!r} of {total} is missing and would read as "
                                  "zeros; copy or convert the store again")
-        import zarr  # only AMASS users need it
-
+        zarr = _zarr()
         try:
             return zarr.open_array(str(self.path), mode="r", zarr_format=self.zarr_format)[...]
         except Exception as e:  # noqa: BLE001 - corrupt or truncated chunks, ...
             raise ValueError(f"{self.path} cannot be read as a zarr array ({first_line(e)}): {fix}") from None
+
+
+def _zarr():
+    """The zarr module, 3.1 or later (imported only when a store is read: only AMASS users need it)."""
+    try:
+        import zarr
+    except ImportError:
+        zarr = None
+    if zarr is None or tuple(int(v) for v in re.findall(r"\d+", zarr.__version__)[:2]) < (3, 1):
+        raise ValueError("reading zarr stores (AMASS) needs zarr >= 3.1 and numcodecs >= 0.16.6, on Python 3.11 or "
+                         "later: pip install 'zarr>=3.1' 'numcodecs>=0.16.6'")
+    return zarr
 
 
 def open_zarr(path: Path, fix: str) -> ZarrArray:
@@ -264,5 +289,4 @@ def open_zarr(path: Path, fix: str) -> ZarrArray:
         raise _refuse(path, f"shape {shown(shape)} and chunks {shown(chunks)} are not a regular grid", fix)
     if dtype.kind not in "biuf":
         raise _refuse(path, f"dtype {dtype} is not a plain number type", fix)
-    return ZarrArray(path, zarr_format, dtype, tuple(shape), tuple(chunks),
-                     lambda: _chunk_keys(shape, chunks, prefix, separator))
+    return ZarrArray(path, zarr_format, dtype, tuple(shape), tuple(chunks), prefix, separator)

@@ -23,7 +23,7 @@ import torch
 from ..config import DataConfig
 from ..metrics import cmd_reference_from_gt
 from .dataset import Clip, Dataset, Skeleton
-from .files import find_file, read_csv, read_json, shown
+from .files import find_file, first_repeated, read_csv, read_json, shown
 
 SPLITS = ("train", "test")  # a full load; ("test",) reads only what evaluation needs
 FIX_ROW = "fix the row, or give the segments file of this data and t_his/t_pred"
@@ -52,8 +52,7 @@ def check_splits(cfg: DataConfig, splits) -> tuple[str, ...]:
     if set(splits) - set(SPLITS) or "test" not in chosen:
         raise ValueError(f"splits {tuple(splits)} cannot be loaded: use ('train', 'test') to train, ('test',) "
                          "to evaluate")
-    names = list(cfg.train_splits) + list(cfg.test_splits)
-    twice = next((name for name in names if names.count(name) > 1), None)
+    twice = first_repeated(list(cfg.train_splits) + list(cfg.test_splits))
     if twice is not None:
         where = "train_splits and test_splits" if twice in cfg.train_splits and twice in cfg.test_splits else \
             "train_splits" if twice in cfg.train_splits else "test_splits"
@@ -121,7 +120,7 @@ def read_classes(path: Path) -> tuple[list[str], np.ndarray]:
     if not isinstance(spec, dict) or not isinstance(spec.get("classes"), list):
         raise ValueError(f"{path}: expected a JSON object with a 'classes' list (and 'mean_motion_per_class')")
     classes = [str(c) for c in spec["classes"]]
-    twice = next((c for c in classes if classes.count(c) > 1), None)
+    twice = first_repeated(classes)
     if twice is not None:
         raise ValueError(f"{path}: class {shown(twice)!r} is listed twice; list each class once (its position is "
                          "its id)")
@@ -178,9 +177,9 @@ def segment_starts(segments: list[Segment], clips: list[Clip], t_his: int, t_tot
             raise ValueError(f"{seg.where}: init {seg.init} is not pred_init - t_his = {seg.pred_init - t_his}, "
                              f"the row is made for t_his {seg.pred_init - seg.init}; {FIX_ROW}")
         if seg.pred_end != seg.pred_init + t_pred - 1:
+            made_for = seg.pred_end - seg.pred_init + 1
             raise ValueError(f"{seg.where}: pred_end {seg.pred_end} is not pred_init + t_pred - 1 = "
-                             f"{seg.pred_init + t_pred - 1}, the row is made for t_pred {seg.pred_end - seg.pred_init + 1}"
-                             f"; {FIX_ROW}")
+                             f"{seg.pred_init + t_pred - 1}, the row is made for t_pred {made_for}; {FIX_ROW}")
         if seg.key[0] not in owners:
             raise ValueError(f"{seg.where}: {seg.key[0]!r} is not in the test split ({', '.join(map(shown, owners))}); "
                              f"{FIX_ROW}")

@@ -46,7 +46,10 @@ def quat_exp(v: np.ndarray) -> np.ndarray:
 
 
 def quat_slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray | float) -> np.ndarray:
-    """Shortest-path spherical interpolation: `a` at t = 0, `b` (or `-b`) at t = 1.  t broadcasts against `a[..., :1]`."""
+    """Shortest-path spherical interpolation: `a` at t = 0, `b` (or `-b`) at t = 1.
+
+    `t` broadcasts against `a[..., :1]`.  [..., 4], [..., 4], [..., 1] -> [..., 4]
+    """
     b = np.where(np.sum(a * b, -1, keepdims=True) < 0, -b, b)
     return quat_normalize(quat_multiply(a, quat_exp(t * quat_log(quat_multiply(quat_inverse(a), b)))))
 
