@@ -145,8 +145,9 @@ def evaluate(model: SPARD, protocol: Protocol, options: SamplerOptions, *, batch
 
 
 def _mean(values: torch.Tensor) -> float | None:
-    """The published average (NaN and exact zeros left out); None (n/a) when no window counts."""
-    return metrics.published_mean(values) if torch.count_nonzero(torch.nan_to_num(values)) else None
+    """The published average (NaN and exact zeros left out); None (n/a) when no window could be measured
+    (all NaN: no multimodal ground truth, no APDE reference), 0 when every value is 0 (identical futures)."""
+    return None if torch.isnan(values).all() else metrics.published_mean(values)
 
 
 def _per_class(total: metrics.MetricMeter, labels: torch.Tensor, motion: torch.Tensor, protocol: Protocol) -> dict:
