@@ -47,7 +47,7 @@ def plan(args) -> list[Job]:
     long_epochs = [1, 2] if smoke else [10, 30, 100]
     device = "cpu" if smoke else "cuda:0"
     jobs = []
-    for precision, extra in PRECISIONS.items():
+    for precision, extra in ((p, PRECISIONS[p]) for p in args.precisions):
         if smoke and precision == "bf16":
             extra = ["--precision", "bf16"]  # no CUDA graphs on a CPU
         env = {"TORCHINDUCTOR_COMPILE_THREADS": "2"} if "--compile" in extra else {}
@@ -81,7 +81,7 @@ def plan(args) -> list[Job]:
                 jobs.append(Job(f"{tag}_objectives", [
                     sys.executable, str(REPO / "bench" / "np_study.py"), "--distill_ckpt",
                     str(run / "distill" / "distill_ckpt.pt"), "--data_dir", args.data_dir, "--seed", str(seed),
-                    "--device", device, "--variants", args.variants, "--epochs", str(epochs["np"]),
+                    "--device", device, "--variants", args.variants, "--epochs", str(epochs["np"]), "--long", args.long,
                     "--out", str(out / "metrics" / f"{tag}_objectives.json")], [f"{tag}_distill"], heavy=True))
     base = out / "tf32_seed0"
     for sampler in ("zero_velocity", "constant_velocity"):
@@ -133,6 +133,8 @@ def main() -> None:
     p.add_argument("--study_seeds", default="0,1,2", help="TF32 seeds whose distilled model gets the objectives study")
     p.add_argument("--long_seeds", default="0,1,2", help="bf16 seeds whose np stage runs 100 epochs (10/30/100)")
     p.add_argument("--variants", default="published,prior:0.1,noise:0.5,noise:1,prior:0.1+noise:0.5")
+    p.add_argument("--long", default="", help="np_study's --long: variant=epochs,... measured at more epochs")
+    p.add_argument("--precisions", default="tf32,bf16", help="tf32 (the default) and/or bf16 with --compile step-graph")
     p.add_argument("--jobs", type=int, default=12)
     p.add_argument("--heavy_jobs", type=int, default=3, help="np-stage runs at a time (each holds ~15 GB on a GPU)")
     p.add_argument("--smoke", action="store_true", help="tiny models, one epoch, on the CPU: checks the graph")
@@ -144,6 +146,7 @@ def main() -> None:
         return
     args.seeds, args.study_seeds, args.long_seeds = ([int(s) for s in v.split(",") if s] for v in
                                                      (args.seeds, args.study_seeds, args.long_seeds))
+    args.precisions = [p for p in args.precisions.split(",") if p]
     state = run(plan(args), out, args.jobs, args.heavy_jobs)
     print(json.dumps(state, indent=1))
     failed = [n for n, s in state.items() if not s.startswith("done")]

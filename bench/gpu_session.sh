@@ -20,7 +20,8 @@ python3 -c "import sys, torch, triton, numpy, scipy, tqdm, tensorboard; print(sy
 GIB=$(python3 -c "import torch; print(torch.cuda.get_device_properties(0).total_memory >> 30)")
 
 stamp study
-python3 bench/cmu_study.py --data_dir "$D" --out "$R/study" --jobs "${JOBS:-12}" --heavy_jobs $((GIB / 26))
+python3 bench/cmu_study.py --data_dir "$D" --out "$R/study" --jobs "${JOBS:-12}" --heavy_jobs $((GIB / 26)) ${STUDY_FLAGS:-}
+[ "${SPEED:-1}" = 1 ] || { stamp done; exit 0; }
 
 stamp "speed before ($BASE_COMMIT) and after ($SPARD_COMMIT)"
 (cd .devbase && python3 bench/inference.py --device cuda --batches 1,1024 --samplers np --variants compiled-fp16 --out "../$R/inference_before.json")
