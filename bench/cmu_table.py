@@ -95,13 +95,20 @@ def apd_tests(runs: dict) -> tuple[str, dict]:
 
 
 def length_table(runs: dict) -> tuple[str, dict]:
-    lines, out = ["| np epochs | seeds | APD | ADE | FDE | MMADE | MMFDE |", "|---|---|---|---|---|---|---|"], {}
+    """The published objective's np stage at several lengths: from the bf16 seeds' long runs (test) or
+    from the objectives study's long variant (test, on 90 % of the training windows)."""
+    lines = ["| np epochs | source | seeds | APD | ADE | FDE | MMADE | MMFDE |", "|---|---|---|---|---|---|---|---|"]
+    out, keys = {}, ("APD", "ADE", "FDE", "MMADE", "MMFDE")
     for epochs in (10, 30, 100):
-        rows = [r["metrics"] for n, r in runs.items() if n.endswith(f"_np_epoch{epochs}")]
-        if rows:
-            s = {m: spread([r[m] for r in rows]) for m in ("APD", "ADE", "FDE", "MMADE", "MMFDE")}
-            out[epochs] = s
-            lines.append(f"| {epochs} | {len(rows)} | " + " | ".join(cell(s[m]) for m in s) + " |")
+        sources = {"np stage (bf16)": [r["metrics"] for n, r in runs.items() if n.endswith(f"_np_epoch{epochs}")],
+                   "objectives study (tf32)": [r["variants"]["published"]["epochs"][str(epochs)]["test"]
+                                               for n, r in runs.items() if n.endswith("_objectives")
+                                               and str(epochs) in r["variants"].get("published", {}).get("epochs", {})]}
+        for source, rows in sources.items():
+            if rows:
+                s = {m: spread([r[m] for r in rows]) for m in keys}
+                out[f"{source}/{epochs}"] = s
+                lines.append(f"| {epochs} | {source} | {len(rows)} | " + " | ".join(cell(s[m]) for m in keys) + " |")
     return "\n".join(lines), out
 
 
@@ -156,7 +163,7 @@ def main() -> None:
     runs = load(folder)
     parts, summary = [], {}
     for title, fn in (("Seeds: mean ± sd", seed_table), ("Across seeds (Welch's t-test)", apd_tests),
-                      ("The np stage's length (bf16 seeds)", length_table), ("Noise-predictor objectives", objectives)):
+                      ("The np stage's length", length_table), ("Noise-predictor objectives", objectives)):
         text, data = fn(runs)
         summary[title] = data
         parts.append(f"### {title}\n\n{text}\n")
