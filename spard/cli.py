@@ -27,14 +27,14 @@ from .stages import EVAL_MODES, STAGES, TRAIN_MODES
 
 MODES = tuple(TRAIN_MODES) + tuple(EVAL_MODES)
 BASELINES = ("zero_velocity", "constant_velocity")
-# commands in modules of their own: name -> (module, one line for `spard --help`)
+# commands in modules of their own (spard/<name>.py, with `parser()` and `run(args)`): name -> line for --help
 COMMANDS = {
-    "predict": ("predict", "predict futures of your own motion (npz, npy, csv or BVH) with a trained model"),
-    "render": ("render", "GIF/MP4 of the history and K futures of test windows"),
-    "view": ("view", "an interactive 3D page (one offline HTML file) of saved predictions"),
-    "export": ("export", "ONNX models of the np and onestep predictors, checked against PyTorch"),
-    "convert": ("convert", "published checkpoints to spard's, and back"),
-    "demo": ("demo", "SPARD end to end on the embedded DeepMimic clips, on a CPU, in minutes"),
+    "predict": "predict futures of your own motion (npz, npy, csv or BVH) with a trained model",
+    "render": "GIF/MP4 of the history and K futures of test windows or of a predictions file",
+    "view": "an interactive 3D page (one offline HTML file) of predictions",
+    "export": "ONNX models of the np and onestep predictors, checked against PyTorch",
+    "convert": "published checkpoints to spard's, and back",
+    "demo": "SPARD end to end on the embedded DeepMimic clips, on a CPU, in minutes",
 }
 
 
@@ -195,6 +195,7 @@ def _evaluate(stage, cfg, args, out_dir: Path, paths: dict, device) -> dict:
     result = evaluate(model, protocol, options, batch_size=cfg.train.eval_batch_size, seed=cfg.train.seed,
                       progress=not args.no_progress, on_batch=keep)
     if dist.is_main():
+        log.info(f"sampler {name}: {options.num_samples} futures per window of {len(protocol)} (APD is their diversity)")
         log.info(format_metrics(result))
         record = {"mode": stage.eval_mode, "sampler": name, "windows": len(protocol),
                   "num_samples": options.num_samples, "seconds": time.time() - started, "metrics": result,
@@ -257,7 +258,7 @@ def _help(prog: str) -> str:
         lines.append(f"  {s.mode:<13} train {s.title}")
     for s in STAGES.values():
         lines.append(f"  {s.eval_mode:<13} evaluate the {s.name} result with the {s.sampler} sampler (eight metrics)")
-    lines += ["", "use trained models:"] + [f"  {name:<13} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "use trained models:"] + [f"  {name:<13} {text}" for name, text in COMMANDS.items()]
     lines += ["", "options:", "  -h, --help     this list", "  --version      the installed version"]
     return "\n".join(lines)
 
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None, prog: str = "spard", default_cfg: str | 
         elif argv[:1] == ["--version"]:
             print(f"spard {_version()}")
         elif argv and argv[0] in COMMANDS:
-            module = importlib.import_module(f"{__package__}.{COMMANDS[argv[0]][0]}")
+            module = importlib.import_module(f"{__package__}.{argv[0]}")
             module.run(module.parser().parse_args(argv[1:]))
         elif argv and argv[0] in MODES:
             p = mode_parser(f"{prog} {argv[0]}", default_cfg, argv[0], _cfg_for_help(argv, default_cfg))
