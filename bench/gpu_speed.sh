@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 INF="--device cuda --batches 1,1024 --samplers np --variants compiled-fp16"
 stamp "inference before ($BASE_COMMIT)"; (cd .devbase && python3 bench/inference.py $INF --out "../$R/inference_before.json")
 stamp "inference after ($SPARD_COMMIT)"; python3 bench/inference.py $INF --out "$R/inference_after.json"
-stamp "fast path GPU tests"; python3 -m pytest -q -p no:cacheprovider -s tests/test_fast.py -k gpu 2>&1 | tail -15 | tee "$R/tests.txt"
+stamp "fast path GPU tests"; python3 -m pytest -q -p no:cacheprovider -s tests/test_fast.py -k gpu > "$R/tests.txt" 2>&1; grep -E "largest difference|passed|failed|^E " "$R/tests.txt" | tail -20
 stamp "inference, np with --np_noise 1"; python3 bench/inference.py $INF --np_noise 1 --out "$R/inference_np_noise.json"
 stamp "training before"; (cd .devbase && python3 bench/training.py --device cuda --data_dir "../$D" --variants ours-tf32 --out "../$R/training_before.json")
 stamp "training after"; python3 bench/training.py --device cuda --data_dir "$D" --variants ours-tf32 --out "$R/training_after.json"
