@@ -98,20 +98,22 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda")
     p.add_argument("--precision", default="tf32")
+    p.add_argument("--lr", type=float, default=None, help="the np stage's learning rate (default: the checkpoint's)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     device = torch.device(args.device)
     distilled, _ = checkpoints.load_model(args.distill_ckpt, stages=("distill", "np"))
     cfg = distilled.cfg
     data = dataclasses.replace(cfg.data, val_fraction=args.val_fraction, **({"data_dir": args.data_dir} if args.data_dir else {}))
-    cfg = dataclasses.replace(cfg, data=data, train=dataclasses.replace(cfg.train, seed=args.seed, precision=args.precision,
-                                                                      metrics_epoch=0, milestones=(10_000,)))
+    train = dataclasses.replace(cfg.train, seed=args.seed, precision=args.precision, metrics_epoch=0, milestones=(10_000,),
+                                **({"lr": args.lr} if args.lr else {}))
+    cfg = dataclasses.replace(cfg, data=data, train=train)
     dataset = load_dataset(cfg.data)
     protocols = {split: make_protocol(dataset, cfg.data.t_his, cfg.data.multimodal_threshold, split=split, device=device)
                  for split in ("val", "test")}
     distilled = distilled.to(device)
     report = {"distill_ckpt": args.distill_ckpt, "seed": args.seed, "val_fraction": args.val_fraction,
-              "precision": args.precision, "train_windows_per_epoch": None, "variants": {},
+              "precision": args.precision, "lr": cfg.train.lr, "train_windows_per_epoch": None, "variants": {},
               "onestep": measure(distilled, protocols, SamplerOptions("onestep", cfg.train.num_samples), args.seed)}
     long = dict(item.split("=", 1) for item in args.long.split(";") if item)
     log = make_logger(None, quiet=True)

@@ -22,7 +22,7 @@ from .data.skeletons import AMASS, H36M, H36M_FILE_NAMES, H36M_KEPT, MAX_REACH
 from .metrics import apd
 from .model import SPARD
 from .runs import find_checkpoint
-from .samplers import get_sampler
+from .samplers import draws_noise, get_sampler
 from .stages import STAGES
 
 MAX_DISTANCE = 1e4  # metres: roots farther from the origin lose float32 precision (1 mm at 10 km)
@@ -56,7 +56,7 @@ class PredictionInfo:
 
     sampler: str  # "ddim", "onestep" or "np"
     num_samples: int  # K futures per history
-    seed: int | None  # the noise seed of ddim/onestep (None: fresh noise; np draws none)
+    seed: int | None  # the noise seed (None: fresh noise, or a sampler that draws none: the published np)
     apd: np.ndarray  # [B] float64: average pairwise distance of each history's K futures (metres, the
     #                  protocol's APD: root-relative joints, whole futures flattened; 0 when K = 1)
 
@@ -212,11 +212,12 @@ class Predictor:
             out = torch.empty(shape, dtype=history.dtype, device=history.device)
         spread = np.empty(poses.shape[0])  # [B] APD
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+        random = draws_noise(self.model, name)
         for start in range(0, poses.shape[0], step):
             part = poses[start:start + step]  # [b, t_his, J, 3]
             root = part[:, -1:, :1]  # [b, 1, 1, 3] the last observed root
             relative = (part[:, :, 1:] - part[:, :, :1]).flatten(-2)  # [b, t_his, D]
-            noise = None if name == "np" else self._noise(part.shape[0], num_samples, generator)
+            noise = self._noise(part.shape[0], num_samples, generator) if random else None
             future = sample(self.model, relative, num_samples, noise=noise)[:, :, self.t_his:]  # [b, K, t_pred, D]
             spread[start:start + len(part)] = apd(future).double().cpu().numpy()
             future = future.unflatten(-1, (-1, 3))  # [b, K, t_pred, J-1, 3] root-relative
@@ -234,6 +235,6 @@ class Predictor:
             if not finite:
                 raise ValueError(f"the model returned non-finite futures (sampler {name}, history {start} or after): "
                                  f"its weights may be damaged; retrain or use an intact checkpoint")
-        self.last = PredictionInfo(sampler=name, num_samples=num_samples, seed=None if name == "np" else seed,
+        self.last = PredictionInfo(sampler=name, num_samples=num_samples, seed=seed if random else None,
                                    apd=spread)
         return out

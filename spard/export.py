@@ -39,14 +39,15 @@ class ExportError(ValueError):
 
 
 class NPPredictor(nn.Module):
-    """`np_sample` as a module: history `[B, t_his, D]` -> `[B, K, T, D]`."""
+    """`np_sample` as a module: history `[B, t_his, D]` -> `[B, K, T, D]`; a predictor trained with
+    `--np_noise` takes its noise as an input too, `[S, B, n_pre, D]` -> `[B, S, T, D]`."""
 
     def __init__(self, model: SPARD):
         super().__init__()
         self.model = model
 
-    def forward(self, history: torch.Tensor) -> torch.Tensor:
-        return np_sample(self.model, history)
+    def forward(self, history: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return np_sample(self.model, history, None if noise is None else noise.shape[0], noise=noise)
 
 
 class OnestepPredictor(nn.Module):
@@ -68,18 +69,24 @@ class Spec:
 
 
 OUTPUT = "trajectories"
+WITH_NOISE = {"history": {0: "batch"}, "noise": {0: "samples", 1: "batch"}, OUTPUT: {0: "batch", 1: "samples"}}
 SPECS = {
     "np": Spec(NPPredictor, ("history",), {"history": {0: "batch"}, OUTPUT: {0: "batch"}}),
-    "onestep": Spec(OnestepPredictor, ("history", "noise"),
-                    {"history": {0: "batch"}, "noise": {0: "samples", 1: "batch"}, OUTPUT: {0: "batch", 1: "samples"}}),
+    "np with noise": Spec(NPPredictor, ("history", "noise"), WITH_NOISE),
+    "onestep": Spec(OnestepPredictor, ("history", "noise"), WITH_NOISE),
 }
+
+
+def spec_of(model: SPARD, sampler: str) -> Spec:
+    """How `sampler` of `model` is exported (an np predictor trained with --np_noise takes noise too)."""
+    return SPECS["np with noise" if sampler == "np" and model.noise_predictor.cfg.noise > 0 else sampler]
 
 
 def example_inputs(model: SPARD, sampler: str, batch: int, samples: int, generator: torch.Generator) -> tuple:
     """Random inputs of a predictor: `(history,)` or `(history, noise)`."""
     d = model.dim
     history = 0.5 * torch.randn(batch, model.t_his, d, generator=generator)  # [B, t_his, D], metres
-    if sampler == "np":
+    if "noise" not in spec_of(model, sampler).inputs:
         return (history,)
     return history, torch.randn(samples, batch, model.n_pre, d, generator=generator)  # [S, B, n_pre, D]
 
@@ -88,7 +95,7 @@ def export_onnx(model: SPARD, sampler: str, path: str | Path, *, opset: int = MI
     """Trace the `sampler` predictor of `model` (a float32 CPU model) into an ONNX file at `path`."""
     if opset < MIN_OPSET:
         raise ExportError(f"--opset must be >= {MIN_OPSET}, got {opset}")
-    spec, path = SPECS[sampler], Path(path)
+    spec, path = spec_of(model, sampler), Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = spec.wrapper(model).eval()
     inputs = example_inputs(model, sampler, 2, 2, torch.Generator().manual_seed(0))
@@ -129,21 +136,22 @@ def session(path: str | Path, threads: int = 0):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _feeds(sampler: str, inputs: tuple) -> dict:
-    return {name: x.numpy() for name, x in zip(SPECS[sampler].inputs, inputs)}
+def _feeds(spec: Spec, inputs: tuple) -> dict:
+    return {name: x.numpy() for name, x in zip(spec.inputs, inputs)}
 
 
 @torch.no_grad()
 def check(path: str | Path, model: SPARD, sampler: str, *, num_samples: int, tol: float = 1e-4,
           batches: tuple[int, ...] = (1, 3), seed: int = 0) -> float:
     """Max `|onnxruntime - PyTorch|` / max(1, max |PyTorch|) over random histories; raises above `tol`."""
-    sess, wrapper = session(path), SPECS[sampler].wrapper(model).eval()
+    spec = spec_of(model, sampler)
+    sess, wrapper = session(path), spec.wrapper(model).eval()
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     for batch in batches:
         inputs = example_inputs(model, sampler, batch, num_samples, generator)
         want = wrapper(*inputs)
-        got = torch.from_numpy(sess.run(None, _feeds(sampler, inputs))[0])
+        got = torch.from_numpy(sess.run(None, _feeds(spec, inputs))[0])
         if got.shape != want.shape:
             raise ExportError(f"{path}: onnxruntime gives shape {list(got.shape)}, PyTorch {list(want.shape)}")
         worst = max(worst, float((got - want).abs().max() / want.abs().max().clamp_min(1.0)))
@@ -156,7 +164,8 @@ def latency(path: str | Path, model: SPARD, sampler: str, *, num_samples: int, r
             threads: int = 0) -> float:
     """Median seconds of one onnxruntime CPU run for 1 history (x num_samples for onestep, x K for np)."""
     sess = session(path, threads)
-    feeds = _feeds(sampler, example_inputs(model, sampler, 1, num_samples, torch.Generator().manual_seed(1)))
+    feeds = _feeds(spec_of(model, sampler), example_inputs(model, sampler, 1, num_samples,
+                                                          torch.Generator().manual_seed(1)))
     for _ in range(min(3, repeats)):  # warm-up
         sess.run(None, feeds)
     times = []
@@ -206,7 +215,7 @@ def run(args) -> dict:
         if path.exists() and not args.overwrite:
             raise ExportError(f"{path} already exists; pass --overwrite to replace it")
         export_onnx(model, sampler, path, opset=args.opset)
-        samples = model.cfg.noise_predictor.k if sampler == "np" else args.num_samples
+        samples = args.num_samples if "noise" in spec_of(model, sampler).inputs else model.cfg.noise_predictor.k
         print(f"wrote {path} ({_signature(model, sampler)}; opset {args.opset})")
         report[sampler] = {"path": str(path), "samples": samples}
         if args.check:
@@ -225,6 +234,6 @@ def run(args) -> dict:
 
 def _signature(model: SPARD, sampler: str) -> str:
     d, t = model.dim, model.cfg.data.t_total
-    if sampler == "np":
+    if "noise" not in spec_of(model, sampler).inputs:
         return f"history [B, {model.t_his}, {d}] -> {OUTPUT} [B, {model.cfg.noise_predictor.k}, {t}, {d}]"
     return f"history [B, {model.t_his}, {d}], noise [S, B, {model.n_pre}, {d}] -> {OUTPUT} [B, S, {t}, {d}]"

@@ -119,8 +119,8 @@ def spread_prior(maps: torch.Tensor) -> torch.Tensor:
     """KL(N(m, v) || N(0, 1)) of every map element, `m` and `v` its mean and variance over the K maps,
     averaged: `[B, K, n_pre, D]` -> scalar. Zero when the K maps spread like draws of N(0, 1); large when
     they collapse onto one map (v -> 0) or drift away (m far from 0)."""
-    mean, var = maps.mean(dim=1), maps.var(dim=1, unbiased=False).clamp_min(1e-6)
-    return 0.5 * (var + mean.square() - 1 - var.log()).mean()
+    mean, var = maps.mean(dim=1), maps.var(dim=1, unbiased=False)
+    return 0.5 * (var + mean.square() - 1 - (var + 1e-8).log()).mean()  # 1e-8: finite, and pushing, at a collapse
 
 
 def noise_predictor_loss(model: SPARD, traj: torch.Tensor, *, kind: str = "mae", objective: str = "published",

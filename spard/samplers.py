@@ -129,6 +129,11 @@ SAMPLERS = {"ddim": ddim, "onestep": onestep, "np": np_sample}
 SETTINGS = {"ddim": ("guidance",), "onestep": ("use_condition",), "np": ("use_condition",)}  # what each one reads
 
 
+def draws_noise(model: SPARD, name: str) -> bool:
+    """Whether sampler `name` of `model` is random (its futures depend on the noise, or the seed, given)."""
+    return name in ("ddim", "onestep") or (name == "np" and model.noise_predictor.cfg.noise > 0)
+
+
 def get_sampler(name: str):
     """A sampler by name, or one of the trivial baselines (`zero_velocity`, `constant_velocity`)."""
     from .baselines import BASELINES

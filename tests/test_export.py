@@ -78,3 +78,20 @@ def test_cli_refuses_a_checkpoint_without_a_noise_predictor(model, tmp_path, cap
                  "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "'distill' checkpoint but a 'np' checkpoint is needed" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_np_predictor_trained_with_noise_takes_it_as_an_input(tmp_path):
+    import dataclasses
+
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, noise_predictor=dataclasses.replace(cfg.noise_predictor, noise=0.5))
+    torch.manual_seed(1)
+    noisy = SPARD(cfg).eval()
+    path = export.export_onnx(noisy, "np", tmp_path / "np_noise.onnx")
+    g = torch.Generator().manual_seed(3)
+    history, noise = torch.randn(2, 25, 48, generator=g), torch.randn(8, 2, 20, 48, generator=g)  # 8 > K = 5
+    got = ort_run(path, history=history, noise=noise)
+    want = samplers.np_sample(noisy, history, 8, noise=noise)
+    assert got.shape == (2, 8, 125, 48)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * max(1.0, float(want.abs().max())))
+    assert export.check(path, noisy, "np", num_samples=7) <= 1e-4
