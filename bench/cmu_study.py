@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--latent_dim", "16", "--ff_size", "32", "--num_layers", "2", "--num_heads", "2", "--gcn_hidden", "8",
         "--gcn_layers", "1", "--np_hidden", "8", "--np_layers", "1", "--np_k", "6", "--stride", "200",
         "--num_samples", "4", "--div_k", "2", "--batch_size", "32"]
-PRECISIONS = {"tf32": [], "bf16": ["--precision", "bf16", "--compile", "step-graph"]}
+PRECISIONS = {"tf32": [], "bf16": ["--precision", "bf16", "--compile", "step-graph"], "fp32": ["--precision", "fp32"]}
 
 
 @dataclass
@@ -134,7 +134,7 @@ def main() -> None:
     p.add_argument("--long_seeds", default="0,1,2", help="bf16 seeds whose np stage runs 100 epochs (10/30/100)")
     p.add_argument("--variants", default="published,prior:0.1,noise:0.5,noise:1,prior:0.1+noise:0.5")
     p.add_argument("--long", default="", help="np_study's --long: variant=epochs,... measured at more epochs")
-    p.add_argument("--precisions", default="tf32,bf16", help="tf32 (the default) and/or bf16 with --compile step-graph")
+    p.add_argument("--precisions", default="tf32,bf16", help="tf32 (the default), bf16 with --compile step-graph, fp32 (the published code's arithmetic)")
     p.add_argument("--jobs", type=int, default=12)
     p.add_argument("--heavy_jobs", type=int, default=3, help="np-stage runs at a time (each holds ~15 GB on a GPU)")
     p.add_argument("--smoke", action="store_true", help="tiny models, one epoch, on the CPU: checks the graph")
