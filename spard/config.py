@@ -141,7 +141,7 @@ class DataConfig(Section):
 
 @dataclass
 class DenoiserConfig(Section):
-    """Transformer over DCT tokens + GCN refiner (method.md section 3)."""
+    """Transformer over DCT tokens + GCN refiner (docs/method.md section 3)."""
 
     n_pre: int = setting(20, "DCT coefficients of the diffusion state (transformer tokens)", low=1)
     refine_n_pre: int | None = setting(None, "DCT size of the GCN refiner (default: T = t_his + t_pred)", low=1)
@@ -158,7 +158,7 @@ class DenoiserConfig(Section):
 
 @dataclass
 class NoisePredictorConfig(Section):
-    """GCN that maps the condition to K noise maps (method.md section 4, stage 3)."""
+    """GCN that maps the condition to K noise maps (docs/method.md section 4, stage 3)."""
 
     hidden: int = setting(256, "noise-predictor GCN width", flag="np_hidden", aliases=("np_gcn_linear_size",), low=1)
     layers: int = setting(6, "noise-predictor GCN residual blocks", flag="np_layers", aliases=("np_gcn_layers",), low=0)
@@ -179,7 +179,7 @@ class NoisePredictorConfig(Section):
 
 @dataclass
 class DiffusionConfig(Section):
-    """Residual-shift eta schedule (method.md section 2) and the guided sampler's weight."""
+    """Residual-shift eta schedule (docs/method.md section 2) and the guided sampler's weight."""
 
     schedule: str = setting("exponential", "eta schedule", aliases=("scheduler",), choices=("exponential", "linear"))
     noise_steps: int = setting(5, "diffusion steps S", low=2)

@@ -1,4 +1,4 @@
-"""The motion representation (method.md section 1): orthonormal DCT over time and LastFrame padding.
+"""The motion representation (docs/method.md section 1): orthonormal DCT over time and LastFrame padding.
 
 A trajectory is `[B, T, D]` (frames x flattened joint coordinates). The diffusion state is its
 first `n_pre` DCT coefficients, `[B, n_pre, D]`.

@@ -1,4 +1,4 @@
-"""Residual-shift diffusion arithmetic (method.md section 2), as small pure functions.
+"""Residual-shift diffusion arithmetic (docs/method.md section 2), as small pure functions.
 
 The diffusion state lives in DCT space, `[..., n_pre, D]`. `y` is the padded history's DCT (the
 degraded input and the condition), `x0` the true trajectory's DCT. With `eta_t = sqrt_eta_t ** 2`:

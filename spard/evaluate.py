@@ -77,7 +77,7 @@ def _block_noise_generator(seed: int, block: int, device) -> torch.Generator:
 def evaluate(model: SPARD, protocol: Protocol, options: SamplerOptions, *, batch_size: int = 16, seed: int = 0,
              progress: bool = True, precision: str = "fp32", on_batch=None) -> dict:
     """Metrics of the sampler `options` names on the protocol's windows, averaged the published way
-    (formats.md section 4).
+    (docs/metrics.md).
 
     `precision` (`spard.precision`) 'bf16' or 'fp16' runs the sampler under that autocast, its float32
     products in TF32; the metrics stay in float32.

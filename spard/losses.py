@@ -1,4 +1,4 @@
-"""The three training losses (method.md section 4), one per stage, and the random draws each needs.
+"""The three training losses (docs/method.md section 4), one per stage, and the random draws each needs.
 
 A loss takes the model, a batch of trajectories `traj [B, T, D]` (model space) and its draws; the
 draws of a batch come from the stage's `*_draws` function (the only place training randomness is

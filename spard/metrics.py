@@ -1,6 +1,6 @@
 """Evaluation metrics of the stochastic motion prediction protocol, as the published SPARD computes them.
 
-Layout (formats.md §4): predictions `pred [B, S, t_pred, D]` (S samples per window), ground-truth
+Layout (docs/metrics.md): predictions `pred [B, S, t_pred, D]` (S samples per window), ground-truth
 future `gt [B, t_pred, D]`, D = 3J flattened joint-major, xyz-minor (root joint dropped). Distances
 are L2 norms of the whole flattened D-vector of a frame (not MPJPE). Per-window metrics return `[B]`
 in the input dtype (float32, like the published code); averages over windows and the CMD / FID
@@ -118,7 +118,7 @@ def apde(apd_values: Tensor, gt_apd: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------
-# Multimodal ground truth (formats.md §4.2)
+# Multimodal ground truth (docs/metrics.md)
 
 def multimodal_mask(last_poses: Tensor, threshold: float, chunk: int = 1024) -> Tensor:
     """mask[i, j] = ||p_i - p_j|| < threshold (strict, float64 like scipy pdist, diagonal True).
@@ -148,7 +148,7 @@ def multimodal_futures(trajectories: Tensor, t_his: int, threshold: float) -> li
 
 
 # ------------------------------------------------------------------------------------------------
-# Averaging over windows (formats.md §4.4)
+# Averaging over windows (docs/metrics.md)
 
 def published_mean(values: Tensor) -> float:
     """sum(nan_to_num(v)) / #(nan_to_num(v) != 0): NaN and exact zeros are left out.
@@ -198,7 +198,7 @@ class MetricMeter:
 
 
 # ------------------------------------------------------------------------------------------------
-# CMD, cumulative motion distribution distance (formats.md §4.5)
+# CMD, cumulative motion distribution distance (docs/metrics.md)
 
 def motion_per_frame(pred: Tensor) -> Tensor:
     """v_b(t) = (1/S) sum_s (1/J) sum_j ||x_{s,t+1,j} - x_{s,t,j}||, t = 1..t_pred-1 -> [B, t_pred-1].
@@ -262,7 +262,7 @@ def cmd_reference_from_gt(gt_future: Tensor, labels: Tensor, num_classes: int) -
 
 
 # ------------------------------------------------------------------------------------------------
-# FID (formats.md §3.4, §4.6)
+# FID (docs/metrics.md)
 
 class ClassifierForFID(nn.Module):
     """Human3.6M action classifier whose 30-d tanh layer gives the FID features.
@@ -312,7 +312,7 @@ def load_fid_classifier(path, device: str | torch.device = "cpu") -> ClassifierF
     Read with `torch.load(weights_only=True)`: tensors and plain containers only, anything else refused
     unread. Every refusal is a one-line FileNotFoundError / ValueError.
     """
-    path, fix = Path(path), "give the published h36m_classifier.pth (formats.md §3.4), or no classifier"
+    path, fix = Path(path), "give the published h36m_classifier.pth (docs/data.md), or no classifier"
     if not path.is_file():
         raise FileNotFoundError(f"FID classifier {path} not found: {fix}")
     try:

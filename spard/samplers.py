@@ -1,4 +1,4 @@
-"""The three samplers (method.md section 4), one signature, one output layout.
+"""The three samplers (docs/method.md section 4), one signature, one output layout.
 
     sampler(model, history, num_samples, *, noise=None, generator=None, **options) -> [B, S, T, D]
 

@@ -1,4 +1,4 @@
-"""The three training stages (method.md section 4) as one table: everything that differs between them.
+"""The three training stages (docs/method.md section 4) as one table: everything that differs between them.
 
     stage    mode / eval mode       result                       sampler  trains (frozen inside)       loss
     base     train / eval           train/ckpt.pt                ddim     denoiser                     best of h

@@ -1,4 +1,4 @@
-"""One training loop for the three stages (method.md section 4).
+"""One training loop for the three stages (docs/method.md section 4).
 
 What differs between the stages (the loss, its draws, what trains and what is frozen) comes from
 the table in `spard.stages`; this loop knows no stage by name.

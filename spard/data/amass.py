@@ -1,4 +1,4 @@
-"""Reader of BeLFusion's preprocessed AMASS (formats.md §2): zarr v2 stores, one folder per sub-dataset.
+"""Reader of BeLFusion's preprocessed AMASS (docs/data.md): zarr v2 stores, one folder per sub-dataset.
 
     <data_dir>/<Dataset>/poses.zarr        float32 [F, 22, 3]  world positions (metres, z up), files appended
     <data_dir>/<Dataset>/poses_index.zarr  int64   [n, 2]      [start, end) rows of file n in poses
@@ -23,7 +23,7 @@ from .skeletons import AMASS, root_relative
 HOW_TO = ("prepare AMASS with BeLFusion's preprocessing (data_loader/parsers/amass.py: <Dataset>/poses.zarr and "
           "poses_index.zarr per sub-dataset), or point --data_dir to the folder holding those sub-dataset folders")
 
-# The published test datasets (formats.md §2.3) and their CMD reference (§4.5), metres/frame, in that order.
+# The published test datasets (docs/data.md) and their CMD reference (docs/metrics.md), metres/frame, in that order.
 AMASS_TEST_CLASSES = ("DFaust", "DanceDB", "GRAB", "HUMAN4D", "SOMA", "SSM", "Transitions")
 AMASS_CMD_REFERENCE = (
     0.00427221349493322, 0.008289838197001043, 0.0016145416139357026, 0.004560201420525195,

@@ -1,4 +1,4 @@
-"""Reader of GSPS / VideoPose3D `data_3d_h36m.npz` files (formats.md §1): Human3.6M or any data in its format.
+"""Reader of GSPS / VideoPose3D `data_3d_h36m.npz` files (docs/data.md): Human3.6M or any data in its format.
 
 `positions_3d` is a dict subject -> action -> `[L, 32, 3]` world positions (metres, z up, 50 Hz). We keep
 the 17 joints of `skeletons.H36M_KEPT`, in file order. The class of a sequence is its action name up to
@@ -22,7 +22,7 @@ FILE = "data_3d_h36m.npz"
 HOW_TO = ("prepare it with VideoPose3D's data/prepare_data_h36m.py (the file GSPS, CoMusion and SPARD read), "
           "or point --data_dir to the folder holding it")
 
-# The published class ids (formats.md §1.4) and CMD reference (§4.5): mean ground-truth frame-to-frame joint
+# The published class ids (docs/data.md) and CMD reference (docs/metrics.md): mean ground-truth frame-to-frame joint
 # displacement per class, metres/frame, in that order, as SPARD and CoMusion use them.
 H36M_CLASSES = (
     "Directions", "Discussion", "Eating", "Greeting", "Phoning", "Posing", "Purchases", "Sitting",

@@ -1,4 +1,4 @@
-"""The test protocol (formats.md §1.6, §3): protocol files, test and validation windows, the assembled Dataset.
+"""The test protocol (docs/data.md): protocol files, test and validation windows, the assembled Dataset.
 
 Readers (`h36m.py`, `amass.py`, `deepmimic.py`) turn files into labelled clips; `build_dataset` does the rest
 the same way for every format:

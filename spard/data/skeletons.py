@@ -1,4 +1,4 @@
-"""Skeletons of the file formats we read (formats.md §1.2, §2.3), joint naming tables, and the root-relative
+"""Skeletons of the file formats we read (docs/data.md), joint naming tables, and the root-relative
 pose layout."""
 from __future__ import annotations
 

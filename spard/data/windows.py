@@ -1,4 +1,4 @@
-"""Training windows (formats.md §1.5): the published stride + jitter rule, then a random rotation about z.
+"""Training windows (docs/data.md): the published stride + jitter rule, then a random rotation about z.
 
 The rule: list every window of `T` frames of every training clip (stride 1, clips in order, never across
 a clip boundary); the epoch has `floor(#windows / stride)` items; item `i` is window

@@ -1,4 +1,4 @@
-"""The denoiser `f(x_t, t, y or none, history) -> trajectory` (method.md section 3).
+"""The denoiser `f(x_t, t, y or none, history) -> trajectory` (docs/method.md section 3).
 
 1. A transformer over the `n_pre` DCT tokens, every sub-block modulated AdaLN-style by
    `emb = MLP(sinusoid(t)) + Linear(flatten(y))` (the `y` term left out when the condition is

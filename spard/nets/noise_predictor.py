@@ -1,4 +1,4 @@
-"""The noise predictor of stage 3, "adaptive sampling" (method.md section 4).
+"""The noise predictor of stage 3, "adaptive sampling" (docs/method.md section 4).
 
 A GCN over the D coordinate nodes reads the condition's `n_pre` coefficients and writes K noise
 maps, `eps_k = alpha * tanh(.)`, each `[n_pre, D]`: with the published settings the K futures are a
