@@ -240,15 +240,6 @@ def _new_file(folder: Path, stem: str, suffix: str) -> Path:
 # ------------------------------------------------------------------------------------------------
 # entry points
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("spard")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def _help(prog: str) -> str:
     lines = [f"usage: {prog} <command> [flags]      ({prog} <command> -h lists a command's flags)",
              f"       {prog} --mode MODE [flags]   (the published form)", "",
@@ -270,7 +261,9 @@ def main(argv: list[str] | None = None, prog: str = "spard", default_cfg: str | 
         if argv[:1] in (["-h"], ["--help"]) or (not argv and default_cfg is None):
             print(_help(prog))
         elif argv[:1] == ["--version"]:
-            print(f"spard {_version()}")
+            from . import __version__
+
+            print(f"spard {__version__}")
         elif argv and argv[0] in COMMANDS:
             module = importlib.import_module(f"{__package__}.{argv[0]}")
             module.run(module.parser().parse_args(argv[1:]))
