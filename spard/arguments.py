@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import typing
 from pathlib import Path
@@ -148,18 +147,19 @@ def legacy_precision(amp: str | None, tf32: bool | None) -> str | None:
 
 
 def read_config(path: str | Path) -> Config:
-    """A run's `config.json` (or a checkpoint's config written as JSON), one-line errors."""
+    """A run's `config.json` (or an evaluation's record, which holds one), read like every JSON file spard
+    reads (`spard.data.files.read_json`); one-line errors."""
+    from .data.files import read_json
+
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--config {path} not found: give the config.json of a run folder")
+    obj = read_json(path, "give the config.json of a run folder")
+    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
+        obj = obj["config"]
     try:
-        obj = json.loads(path.read_text())
-        if isinstance(obj, dict) and isinstance(obj.get("config"), dict):  # an evaluation's record holds one
-            obj = obj["config"]
         return Config.from_dict(obj)
-    except RecursionError:
-        raise UsageError(f"--config {path} is nested too deeply to be a config") from None
-    except (ValueError, AttributeError, UnicodeDecodeError) as e:
+    except (ValueError, TypeError) as e:
         raise UsageError(f"--config {path} is not a spard config ({str(e).splitlines()[0][:160]})") from None
 
 

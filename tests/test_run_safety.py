@@ -189,3 +189,20 @@ def test_an_unexpected_error_is_one_line_too(monkeypatch, capsys):
     assert main(["train", "--cfg", "h36m"]) == 2
     err = capsys.readouterr().err
     assert err == "error: KeyError: 'nowhere' (pass --debug for the traceback)\n"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[" * 100_000, "is nested too deeply to be the expected JSON"),
+    ('{"train": {"lr": 0.1}, "train": {"lr": 0.2}}', "so its meaning is ambiguous"),
+    ('{"train": {"lr": "fast"}}', "is not a spard config (--lr must be a finite number"),
+    ('{"trian": {}}', "is not a spard config (unknown config sections"),
+    ("not json", "is not valid JSON"),
+])
+def test_a_bad_config_file_is_one_line_and_writes_nothing(data, tmp_path, capsys, content, message):
+    (tmp_path / "config.json").write_text(content)
+    before = tree(tmp_path)
+    assert main(["train", "--config", str(tmp_path / "config.json"), "--out_dir", str(tmp_path / "out"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert tree(tmp_path) == before
