@@ -3,12 +3,13 @@ every metric per sampler and precision, tests across seeds against the published
 np stage's length, and the noise-predictor objectives with the choice made on validation.
 
     python bench/cmu_table.py bench/results/cmu_study          # markdown on stdout, summary.json beside
+    python bench/cmu_table.py bench/results/np_objectives_cpu bench/results/cmu_cpu   # several folders
 
 The choice of objective (fixed before the study ran): among the variants whose validation APD is at
 least 90 % of the onestep sampler's validation APD on the same distilled model (onestep's APD stands in
 for ddim's, which it matches within a few per cent on this benchmark; ddim is not run on validation),
 the one with the lowest mean validation FDE over the seeds, ties broken by ADE. The test set is only
-reported.
+reported. (A folder's `ddim.json` stands for the ddim run of every objectives file without its own.)
 """
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ def objectives(runs: dict) -> tuple[str, dict]:
             last = row["epochs"][str(max(int(e) for e in row["epochs"]))]
             val.append(last["val"] | {"onestep_APD": study["onestep"]["val"]["APD"]})
             test.append(last["test"])
-            ddim = runs.get(name.replace("_objectives", "_ddim"), {}).get("metrics", {}).get("APD")
+            ddim = (runs.get(name.replace("_objectives", "_ddim")) or runs.get("ddim") or {}).get("metrics", {}).get("APD")
             ratio.append(last["test"]["APD"] / ddim if ddim else None)
             diag.append(row["diagnostics"])
         table[v] = {
@@ -160,7 +161,7 @@ def objectives(runs: dict) -> tuple[str, dict]:
 
 def main() -> None:
     folder = Path(sys.argv[1])
-    runs = load(folder)
+    runs = {name: run for f in sys.argv[1:] for name, run in load(Path(f)).items()}
     parts, summary = [], {}
     for title, fn in (("Seeds: mean ± sd", seed_table), ("Across seeds (Welch's t-test)", apd_tests),
                       ("The np stage's length", length_table), ("Noise-predictor objectives", objectives)):
