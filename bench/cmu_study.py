@@ -132,7 +132,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--study_seeds", default="0,1,2", help="TF32 seeds whose distilled model gets the objectives study")
     p.add_argument("--long_seeds", default="0,1,2", help="bf16 seeds whose np stage runs 100 epochs (10/30/100)")
-    p.add_argument("--variants", default="published,prior:0.1,noise:0.5,noise:1,prior:0.1+noise:0.5")
+    p.add_argument("--variants", default="published,relaxed:0.05,prior:0.1,noise:0.5,noise:1,prior:0.1+noise:0.5")
     p.add_argument("--long", default="", help="np_study's --long: variant=epochs,... measured at more epochs")
     p.add_argument("--precisions", default="tf32,bf16", help="tf32 (the default), bf16 with --compile step-graph, fp32 (the published code's arithmetic)")
     p.add_argument("--jobs", type=int, default=12)

@@ -20,16 +20,21 @@ python3 -c "import sys, torch, triton, numpy, scipy, tqdm, tensorboard; print(sy
 GIB=$(python3 -c "import torch; print(torch.cuda.get_device_properties(0).total_memory >> 30)")
 
 stamp study
-python3 bench/cmu_study.py --data_dir "$D" --out "$R/study" --jobs "${JOBS:-12}" --heavy_jobs $((GIB / 26)) ${STUDY_FLAGS:-}
+# STUDY_S caps the study's wall time (what has not finished by then is stopped and reported as not done)
+timeout "${STUDY_S:-36000}" python3 bench/cmu_study.py --data_dir "$D" --out "$R/study" --jobs "${JOBS:-12}" \
+  --heavy_jobs $((GIB / 26)) ${STUDY_FLAGS:-}
+pkill -f "spard.cli|np_study.py"; sleep 5
 [ "${SPEED:-1}" = 1 ] || { stamp done; exit 0; }
 
-stamp "speed before ($BASE_COMMIT) and after ($SPARD_COMMIT)"
-(cd .devbase && python3 bench/inference.py --device cuda --batches 1,1024 --samplers np --variants compiled-fp16 --out "../$R/inference_before.json")
+stamp "speed${BASE_COMMIT:+ before ($BASE_COMMIT) and} after ($SPARD_COMMIT)"
+[ -z "${BASE_COMMIT:-}" ] || (cd .devbase && python3 bench/inference.py --device cuda --batches 1,1024 --samplers np --variants compiled-fp16 --out "../$R/inference_before.json")
 python3 bench/inference.py --device cuda --batches 1,1024 --samplers np --variants compiled-fp16 --out "$R/inference_after.json"
 python3 bench/inference.py --device cuda --batches 1,1024 --samplers np --variants compiled-fp16 --np_noise 1 --out "$R/inference_after_np_noise.json"
-(cd .devbase && python3 bench/training.py --device cuda --data_dir "../$D" --variants ours-tf32 --out "../$R/training_before.json")
-python3 bench/training.py --device cuda --data_dir "$D" --variants ours-tf32 --out "$R/training_after.json"
+[ -z "${BASE_COMMIT:-}" ] || { (cd .devbase && python3 bench/training.py --device cuda --data_dir "../$D" --variants ours-tf32 --out "../$R/training_before.json")
+python3 bench/training.py --device cuda --data_dir "$D" --variants ours-tf32 --out "$R/training_after.json"; }
 
 stamp "gpu check"
-python3 bench/gpu_check.py --data_dir "$D" --ckpt "$R/study/tf32_seed0/np/np_ckpt.pt" --base_ckpt "$R/study/tf32_seed0/train/ckpt.pt" --inference "$R/inference_after.json" --tests "${CHECK_TESTS:-tests/test_fast.py,tests/test_oracle.py,tests/test_step_graph.py}" --out "$R/gpu_check.json"
+# the accuracy check on the study's first model when it finished (else gpu_check trains a short one)
+CK=$R/study/tf32_seed0; [ -f "$CK/np/np_ckpt.pt" ] && CKPTS=(--ckpt "$CK/np/np_ckpt.pt" --base_ckpt "$CK/train/ckpt.pt") || CKPTS=()
+python3 bench/gpu_check.py --data_dir "$D" "${CKPTS[@]}" --inference "$R/inference_after.json" --tests "${CHECK_TESTS:-tests/test_fast.py,tests/test_oracle.py,tests/test_step_graph.py}" --out "$R/gpu_check.json"
 stamp done
