@@ -39,7 +39,7 @@ SETTINGS = {"published": None, "relaxed": "relax", "prior": "prior", "noise": "n
 
 def overrides(variant: str) -> dict:
     """`prior:0.01+noise:1` -> NoisePredictorConfig fields `{objective: prior, prior: 0.01, noise: 1.0}`."""
-    out = {"objective": "published"}
+    out = {"objective": "published", "noise": 0.0}
     for part in variant.split("+"):
         name, _, value = part.partition(":")
         if name not in SETTINGS:
@@ -126,6 +126,7 @@ def main() -> None:
         trainer = Trainer(run_cfg, "np", model, dataset, None, None, device, log, progress=False)
         report["train_windows_per_epoch"] = len(trainer.windows)
         row, started = {"noise_predictor": dataclasses.asdict(npc), "epochs": {}}, time.time()
+        report["variants"][variant] = row
         for epoch in range(1, max(epochs) + 1):
             loss = trainer.train_epoch(epoch)
             if epoch in epochs:
@@ -133,9 +134,9 @@ def main() -> None:
                     model, protocols, SamplerOptions("np", cfg.train.num_samples), args.seed)}
                 t = row["epochs"][epoch]["test"]
                 print(f"{variant} epoch {epoch}: test APD {t['APD']:.3f} ADE {t['ADE']:.4f} FDE {t['FDE']:.4f}", flush=True)
+                write("np_study", report, args.out)  # each measurement kept as it comes
         row["seconds"] = time.time() - started
         row["diagnostics"] = diagnose(model, trainer, protocols["test"])
-        report["variants"][variant] = row
         print(variant, row["diagnostics"], flush=True)
         write("np_study", report, args.out)
 
