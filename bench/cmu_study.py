@@ -147,7 +147,12 @@ def main() -> None:
     args.seeds, args.study_seeds, args.long_seeds = ([int(s) for s in v.split(",") if s] for v in
                                                      (args.seeds, args.study_seeds, args.long_seeds))
     args.precisions = [p for p in args.precisions.split(",") if p]
+    from common import write  # the commit and the machine beside the metrics files (they hold neither)
+
+    manifest = out / "metrics" / "run.json"
+    write("cmu_study", {"state": "running"}, manifest)
     state = run(plan(args), out, args.jobs, args.heavy_jobs)
+    write("cmu_study", {"state": state}, manifest)
     print(json.dumps(state, indent=1))
     failed = [n for n, s in state.items() if not s.startswith("done")]
     print(f"{len(state) - len(failed)} of {len(state)} runs done" + (f"; not done: {', '.join(failed)}" if failed else ""))

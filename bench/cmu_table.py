@@ -31,7 +31,7 @@ PUBLISHED = {
 
 
 def load(folder: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.stem != "summary"}
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.stem not in ("summary", "run")}
 
 
 def spread(values: list[float]) -> dict:
@@ -75,8 +75,11 @@ def seed_table(runs: dict) -> tuple[str, dict]:
 
 def apd_tests(runs: dict) -> tuple[str, dict]:
     """Welch's t-test of each sampler's APD (and ADE, FDE): our seeds against the two published seeds,
-    and TF32 against bf16."""
-    lines, out = ["| sampler | metric | comparison | means | t | p |", "|---|---|---|---|---|---|"], {}
+    and TF32 against bf16 (the test chosen beforehand). Beside it, as checks of how much the answer rests
+    on the test: Student's t-test (equal variances, as seeds of one method should have) and the exact
+    Mann-Whitney rank test."""
+    lines = ["| sampler | metric | comparison | means | t | p (Welch) | p (Student) | p (rank) |", "|---" * 8 + "|"]
+    out = {}
     for sampler in ("ddim", "onestep", "np"):
         for metric in ("APD", "ADE", "FDE"):
             ours = {p: [r[metric] for r in (seed_rows(runs, p, sampler) or seed_rows(runs, p, sampler, "np_epoch10"))]
@@ -88,10 +91,13 @@ def apd_tests(runs: dict) -> tuple[str, dict]:
                 if len(a) < 2 or len(b) < 2:
                     continue
                 t, p = stats.ttest_ind(a, b, equal_var=False)
-                out[f"{sampler}/{metric}/{what}"] = {"t": float(t), "p": float(p), "mean_a": statistics.fmean(a),
+                p_student = stats.ttest_ind(a, b).pvalue
+                p_rank = stats.mannwhitneyu(a, b, method="exact").pvalue
+                out[f"{sampler}/{metric}/{what}"] = {"t": float(t), "p": float(p), "p_student": float(p_student),
+                                                     "p_rank": float(p_rank), "mean_a": statistics.fmean(a),
                                                      "mean_b": statistics.fmean(b), "n_a": len(a), "n_b": len(b)}
                 lines.append(f"| {sampler} | {metric} | {what} | {statistics.fmean(a):.3f} vs {statistics.fmean(b):.3f} "
-                             f"| {t:.2f} | {p:.3f} |")
+                             f"| {t:.2f} | {p:.3f} | {p_student:.3f} | {p_rank:.3f} |")
     return "\n".join(lines), out
 
 
@@ -145,14 +151,14 @@ def objectives(runs: dict) -> tuple[str, dict]:
     eligible = [v for v in variants if table[v]["val_apd_over_onestep"].get("mean", 0) >= 0.9]
     winner = min(eligible, key=lambda v: (table[v]["val"]["FDE"]["mean"], table[v]["val"]["ADE"]["mean"])) \
         if eligible else None
-    head = ["variant", "val APD/onestep", "val ADE", "val FDE", "test APD", "test APD/ddim", "test ADE", "test FDE",
+    head = ["variant", "seeds", "val APD/onestep", "val ADE", "val FDE", "test APD", "test APD/ddim", "test ADE", "test FDE",
             "test MMADE", "test MMFDE", "test APDE", "test CMD", "maps that win (of K)", "pairwise dist / N(0,I)"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for v in variants:
         t = table[v]
         mark = " (chosen)" if v == winner else ""
         lines.append("| " + " | ".join([
-            f"`{v}`{mark}", cell(t["val_apd_over_onestep"], 2), cell(t["val"]["ADE"]), cell(t["val"]["FDE"]),
+            f"`{v}`{mark}", str(t["seeds"]), cell(t["val_apd_over_onestep"], 2), cell(t["val"]["ADE"]), cell(t["val"]["FDE"]),
             cell(t["test"]["APD"], 2), cell(t["test_apd_over_ddim"], 2), cell(t["test"]["ADE"]), cell(t["test"]["FDE"]),
             cell(t["test"]["MMADE"]), cell(t["test"]["MMFDE"]), cell(t["test"]["APDE"], 2), cell(t["test"]["CMD"], 2),
             cell(t["maps_that_win"], 1), cell(t["pairwise_over_gaussian"], 2)]) + " |")

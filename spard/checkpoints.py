@@ -238,7 +238,7 @@ def config_from_published(denoiser_state: dict, base: Config) -> Config:
     return dataclasses.replace(base, denoiser=den)
 
 
-def noise_predictor_config_from_published(np_state: dict, base: Config) -> Config:
+def noise_predictor_config_from_published(np_state: dict, base: Config, noise: float = 0.0) -> Config:
     _check_tensors(np_state, "published noise-predictor weights")
     try:
         n_pre, hidden = np_state["model.gc1.weight"].shape
@@ -252,17 +252,20 @@ def noise_predictor_config_from_published(np_state: dict, base: Config) -> Confi
         raise CheckpointError(f"not a published noise-predictor state dict: {out} outputs are not K maps of "
                               f"{n_pre} coefficients")
     layers = len({k.split(".")[2] for k in np_state if k.startswith("model.gcbs.")})
-    npc = dataclasses.replace(base.noise_predictor, hidden=hidden, layers=layers, k=out // n_pre)
+    # the published weights hold no noise setting: theirs is none (K deterministic maps)
+    npc = dataclasses.replace(base.noise_predictor, hidden=hidden, layers=layers, k=out // n_pre, noise=noise)
     return dataclasses.replace(base, noise_predictor=npc)
 
 
-def from_published(base: Config, denoiser_state: dict | None = None, np_state: dict | None = None) -> SPARD:
-    """Our model from published state dicts (either may be None: that network keeps its init)."""
+def from_published(base: Config, denoiser_state: dict | None = None, np_state: dict | None = None, *,
+                   np_noise: float = 0.0) -> SPARD:
+    """Our model from published state dicts (either may be None: that network keeps its init). The noise
+    predictor adds `np_noise` x N(0, I) to its maps (0: the published noise predictor)."""
     cfg = base
     if denoiser_state is not None:
         cfg = config_from_published(denoiser_state, cfg)
     if np_state is not None:
-        cfg = noise_predictor_config_from_published(np_state, cfg)
+        cfg = noise_predictor_config_from_published(np_state, cfg, np_noise)
     model = SPARD(cfg)
     if denoiser_state is not None:
         p = PUBLISHED_DENOISER_PREFIX

@@ -165,9 +165,10 @@ class NoisePredictorConfig(Section):
     dropout: float = setting(0.5, "noise-predictor dropout", flag="np_dropout", aliases=("np_gcn_dropout",), low=0, below=1)
     k: int = setting(50, "noise maps K = futures of the np sampler", flag="np_k", aliases=("k",), low=1)
     alpha: float = setting(3.0, "noise-map amplitude: eps_k = alpha tanh(.)", flag="np_alpha", above=0)
-    noise: float = setting(0.0, "standard deviation of fresh N(0, I) noise added to each noise map, in training and "
-                           "sampling (0: the published deterministic maps; > 0: any number of futures, cycling "
-                           "through the K maps)", flag="np_noise", low=0)
+    noise: float = setting(1.0, "standard deviation of fresh N(0, I) noise added to each noise map, in training and "
+                           "sampling: any number of futures, cycling through the K maps (1, the default, was chosen "
+                           "on validation: docs/results.md; 0: the published noise predictor, K deterministic "
+                           "maps)", flag="np_noise", low=0)
     objective: str = setting("published", "stage-3 loss over the K maps: published (min over K), relaxed "
                              "(min, plus --np_relax of the mean of the others), prior (min, plus --np_prior times "
                              "the KL of the maps' spread over K to N(0, 1))", flag="np_objective",
@@ -279,12 +280,15 @@ def _section(klass, values):
 
 def _upgrade(d: dict) -> dict:
     """Configs written by spard 0.1 stored derived sizes and named some settings otherwise: check the
-    sizes agree with the ones computed now, drop them, and rename the rest."""
+    sizes agree with the ones computed now, drop them, and rename the rest. Their noise predictor is the
+    published one (no noise added to the maps)."""
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
     data, den, npc, train = (d.get(k) if isinstance(d.get(k), dict) else {} for k in ("data", "denoiser",
                                                                                       "noise_predictor", "train"))
     joints, t_his = data.get("num_joints", DataConfig.num_joints), data.get("t_his", DataConfig.t_his)
     t_total = t_his + data.get("t_pred", DataConfig.t_pred) if isinstance(t_his, int) else None
+    if "n_pre" in npc or "input_feats" in npc:  # spard 0.1 had the published noise predictor only
+        npc.setdefault("noise", 0.0)
     derived = {("denoiser", "input_feats"): 3 * joints if isinstance(joints, int) else None,
                ("denoiser", "t_his"): t_his, ("denoiser", "t_total"): t_total,
                ("noise_predictor", "input_feats"): 3 * joints if isinstance(joints, int) else None,

@@ -26,6 +26,9 @@ def parser() -> Parser:
                    help="stage recorded in our checkpoint (default: np with --np_ckpt, else base)")
     p.add_argument("--num_heads", type=positive(int), default=None,
                    help="attention heads: not stored in published weights, so required (the published models use 8)")
+    p.add_argument("--np_noise", type=positive(float, zero=True), default=0.0,
+                   help="the noise the noise predictor adds to its maps: not stored in published weights; 0 is the "
+                        "published noise predictor, give our model's value when converting it back")
     p.add_argument("--to_published", action="store_true", help="write our checkpoint in the published layout")
     p.add_argument("--out", required=True, help="output file (with --to_published: the SPARD state dict)")
     p.add_argument("--np_out", default="", help="with --to_published: also write the noise predictor here")
@@ -45,17 +48,20 @@ def run(args) -> None:
         if out.exists() and not args.overwrite:
             raise UsageError(f"{out} already exists; pass --overwrite to replace it")
     if args.to_published:
-        if args.cfg or args.np_ckpt or args.num_heads or args.stage:
+        if args.cfg or args.np_ckpt or args.num_heads or args.stage or args.np_noise:
             raise UsageError("--to_published reads everything from our checkpoint: leave out --cfg, --np_ckpt, "
-                             "--num_heads and --stage")
+                             "--num_heads, --np_noise and --stage")
         model, _ = ck.load_model(args.ckpt)
         den, npr = ck.to_published(model)
         ck.atomic_save(den, args.out)
         if args.np_out:
             ck.atomic_save(npr, args.np_out)
-        heads = model.cfg.denoiser.num_heads
+        heads, noise = model.cfg.denoiser.num_heads, model.cfg.noise_predictor.noise
+        back = f"--num_heads {heads}" + (f" --np_noise {noise:g}" if args.np_out and noise else "")
+        note = (f"; its noise predictor adds noise (--np_noise {noise:g}), which the published code does not: "
+                f"there it gives its K maps alone" if args.np_out and noise else "")
         print(f"wrote the published layout to {', '.join(map(str, outputs))} ({heads} attention heads: give "
-              f"--num_heads {heads} when converting it back)")
+              f"{back} when converting it back{note})")
         return
     if not args.cfg:
         raise UsageError("--cfg is required: the dataset preset of the weights (h36m or amass)")
@@ -71,7 +77,7 @@ def run(args) -> None:
     for obj, path, want in ((den, args.ckpt, "published-denoiser"), (npr, args.np_ckpt, "published-np")):
         if obj is not None and ck.kind_of(obj) != want:
             raise ck.CheckpointError(f"{path} is a {ck.kind_of(obj)} checkpoint, expected a {want} state dict")
-    model = ck.from_published(base, den, npr)
+    model = ck.from_published(base, den, npr, np_noise=args.np_noise)
     stage = args.stage or ("np" if npr is not None else "base")
     ck.save_checkpoint(args.out, model, stage)
     print(f"wrote {args.out} (stage {stage}, {sum(p.numel() for p in model.parameters()):,} parameters, "

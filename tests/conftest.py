@@ -72,6 +72,25 @@ def tiny_config(name: str = "h36m", **train):
                                train=dataclasses.replace(cfg.train, **train))
 
 
+def published_np(cfg):
+    """`cfg` with the published noise predictor: K deterministic maps (`--np_noise 0`)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, noise_predictor=dataclasses.replace(cfg.noise_predictor, noise=0.0))
+
+
+def with_np_noise(model, sigma: float):
+    """A copy of `model` whose noise predictor adds `sigma` x N(0, I) to its maps (same weights)."""
+    import dataclasses
+
+    from spard.model import SPARD
+
+    out = SPARD(dataclasses.replace(model.cfg, noise_predictor=dataclasses.replace(model.cfg.noise_predictor,
+                                                                                    noise=sigma)))
+    out.load_state_dict(model.state_dict())
+    return out.train(model.training)
+
+
 # ------------------------------------------------------------------------------------------------
 # small synthetic data in the GSPS (Human3.6M) file format, for tests that must not need the shared data
 

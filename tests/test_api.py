@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import randomized, tiny_config
+from conftest import published_np, randomized, tiny_config, with_np_noise
 from spard import Predictor
 from spard.data.skeletons import H36M, H36M_KEPT
 from spard.metrics import apd
@@ -15,9 +15,10 @@ K = 5
 
 @pytest.fixture(scope="module")
 def ckpt_dir(tmp_path_factory):
-    """`<dir>/np/np_ckpt.pt` and `<dir>/distill/distill_ckpt.pt` of one tiny untrained model (K = 5)."""
+    """`<dir>/np/np_ckpt.pt` and `<dir>/distill/distill_ckpt.pt` of one tiny untrained model (K = 5) with
+    the published noise predictor (deterministic maps; the `h36m` fixture has the default, noisy one)."""
     torch.manual_seed(0)
-    model = SPARD(tiny_config("deepmimic"))
+    model = SPARD(published_np(tiny_config("deepmimic")))
     root = tmp_path_factory.mktemp("api")
     save_checkpoint(root / "np" / "np_ckpt.pt", model, "np")
     save_checkpoint(root / "distill" / "distill_ckpt.pt", model, "distill")
@@ -171,7 +172,16 @@ def test_last_tells_sampler_and_diversity(h36m):
     np.testing.assert_allclose(last.apd, apd(relative).numpy(), rtol=1e-5)
     assert (last.apd > 0).all()
     h36m.predict(history, num_samples=1)
-    assert (h36m.last.sampler, h36m.last.seed, h36m.last.apd.tolist()) == ("np", None, [0.0, 0.0, 0.0])
+    assert (h36m.last.sampler, h36m.last.seed, h36m.last.apd.tolist()) == ("np", 0, [0.0, 0.0, 0.0])
+    # the default noise predictor adds noise: more than K futures, following the seed
+    k = h36m.model.cfg.noise_predictor.k
+    many = h36m.predict(history, num_samples=k + 3, seed=4)
+    assert many.shape[1] == k + 3 and (h36m.last.apd > 0).all()
+    np.testing.assert_array_equal(many, h36m.predict(history, num_samples=k + 3, seed=4))
+    assert not np.array_equal(many, h36m.predict(history, num_samples=k + 3, seed=5))
+    published = Predictor(with_np_noise(h36m.model, 0.0), "np")
+    published.predict(history, num_samples=2)
+    assert published.last.seed is None  # deterministic maps draw nothing
 
 
 def test_batches_are_cut_without_changing_the_futures(h36m):

@@ -3,7 +3,7 @@ with dynamic batch (and sample) axes and no randomness inside the graph; the `sp
 import pytest
 import torch
 
-from conftest import require, tiny_config
+from conftest import published_np, require, tiny_config
 from spard import export, samplers
 from spard.checkpoints import save_checkpoint
 from spard.model import SPARD
@@ -15,7 +15,7 @@ onnx = require("onnx")
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return SPARD(tiny_config()).eval()
+    return SPARD(published_np(tiny_config())).eval()
 
 
 @pytest.fixture(scope="module")

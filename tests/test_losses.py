@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import randomized, tiny_config
+from conftest import randomized, tiny_config, with_np_noise
 from spard import losses
 from spard.model import SPARD
 from spard.stages import STAGES
@@ -72,6 +72,7 @@ def test_distillation_gradients_reach_only_the_student(model):
 
 
 def test_noise_predictor_loss_trains_the_predictor_through_a_frozen_model(model):
+    model = with_np_noise(model, 0.0)  # the published predictor: no noise draws
     model.denoiser.eval().requires_grad_(False)
     model.noise_predictor.train()
     loss, err, eps = losses.noise_predictor_loss(model, torch.randn(3, 125, 48))

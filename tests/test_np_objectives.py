@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import randomized, tiny_config
+from conftest import published_np, randomized, tiny_config, with_np_noise
 from spard import losses, samplers
 from spard.model import SPARD
 from spard.stages import STAGES
@@ -41,8 +41,9 @@ def test_spread_prior_is_zero_for_gaussian_spread_and_large_for_collapsed_maps()
 
 @pytest.fixture
 def model():
+    """The published noise predictor (deterministic maps); `with_np_noise(model, 0.5)` adds the noise."""
     torch.manual_seed(0)
-    return randomized(SPARD(tiny_config()))
+    return randomized(SPARD(published_np(tiny_config())))
 
 
 @pytest.mark.parametrize("objective", ["published", "relaxed", "prior"])
@@ -60,31 +61,25 @@ def test_objectives_on_a_model(model, objective):
         losses.noise_predictor_loss(model, traj, objective="best")
 
 
-def noisy(model, sigma=0.5):
-    cfg = dataclasses.replace(model.cfg, noise_predictor=dataclasses.replace(model.cfg.noise_predictor, noise=sigma))
-    out = SPARD(cfg)
-    out.load_state_dict(model.state_dict())
-    return out
-
-
 def test_noisy_maps_are_the_maps_plus_scaled_noise_and_cycle_through_k(model):
-    model = noisy(model, 0.5).eval()
+    model = with_np_noise(model, 0.5).eval()
     maps = torch.randn(2, 5, 20, 48)
     z = torch.randn(2, 12, 20, 48)
     got = model.noise_predictor.sample(maps, 12, z)
     torch.testing.assert_close(got, maps[:, torch.arange(12) % 5] + 0.5 * z)
     draws = STAGES["np"].draw(model, 3, torch.Generator().manual_seed(0), model.cfg)
     assert draws["z"].shape == (3, 5, 20, 48)
-    assert STAGES["np"].draw(SPARD(tiny_config()), 3, torch.Generator(), tiny_config()) == {}  # published: none
+    published = published_np(tiny_config())
+    assert STAGES["np"].draw(SPARD(published), 3, torch.Generator(), published) == {}  # published: no draws
 
 
 def test_noisy_np_sampling_is_random_and_follows_the_seed(model):
-    model = noisy(model).eval()
+    model = with_np_noise(model, 0.5).eval()
     history = torch.randn(2, 25, 48)
     run = lambda seed: samplers.np_sample(model, history, 12, generator=torch.Generator().manual_seed(seed))  # noqa
     torch.testing.assert_close(run(1), run(1))
     assert run(1).shape == (2, 12, 125, 48) and not torch.allclose(run(1), run(2))
-    assert samplers.draws_noise(model, "np") and not samplers.draws_noise(SPARD(tiny_config()), "np")
+    assert samplers.draws_noise(model, "np") and not samplers.draws_noise(SPARD(published_np(tiny_config())), "np")
 
 
 def test_training_with_a_new_objective_is_deterministic_on_the_cpu(model):

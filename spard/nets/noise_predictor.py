@@ -37,6 +37,8 @@ class NoisePredictor(nn.Module):
             if num > k:
                 raise ValueError(f"the np sampler gives at most K={k} futures without --np_noise, asked for {num}")
             return maps[:, :num]
+        if z is None:
+            raise ValueError(f"a noise predictor with --np_noise {self.cfg.noise} needs noise draws z [B, num, n_pre, D]")
         picked = maps[:, torch.arange(num, device=maps.device) % k]
         return picked + self.cfg.noise * z
 
