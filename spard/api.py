@@ -195,8 +195,9 @@ class Predictor:
                 batch_size: int | None = None):
         """Futures `[B, K, t_pred, J, 3]` for a history `[frames, J, 3]` (B = 1) or `[B, frames, J, 3]`.
 
-        Returns the input's type and dtype (numpy in, numpy out). `seed` fixes the noise of ddim/onestep
-        (None: fresh noise); np futures are a deterministic function of the history. Histories go through
+        Returns the input's type and dtype (numpy in, numpy out). `seed` fixes the noise of the samplers
+        (None: fresh noise); the published noise predictor (`--np_noise 0`) draws none: its np futures are
+        a deterministic function of the history. Histories go through
         the network `batch_size` at a time (default: about 512 futures per call) and their futures are
         written into one preallocated array, so memory stays near the size of the result. `self.last`
         then tells the sampler used and the APD of each history's futures.

@@ -32,3 +32,31 @@ def test_training_benchmark_counts_global_windows(tmp_path, ranks):
         assert r["profile"]["steps"] == 2 and r["profile"]["step_ms"] > 0 and r["profile"]["kernel_ms"] is None  # CPU
         assert r["profile"]["host_ops_ms"] and all(ms > 0 for ms in r["profile"]["host_ops_ms"].values()), r["profile"]
         assert r.get("ddp_options") == ({"gradient_as_bucket_view": True} if ranks > 1 else None)
+
+
+def test_objective_choice_follows_the_rule_fixed_beforehand(tmp_path):
+    """bench/cmu_table.py picks the default noise-predictor objective: among the variants whose validation
+    APD is at least 90 % of onestep's, the lowest validation FDE (ties: ADE); the test set never counts."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import cmu_table
+
+    def metrics(apd, ade, fde):
+        return {"APD": apd, "APDE": 1.0, "ADE": ade, "FDE": fde, "MMADE": ade, "MMFDE": fde, "CMD": 1.0}
+
+    def study(val, test):  # variant -> (APD, ADE, FDE) on val / test
+        diag = {"maps_that_win": 50, "top_map_share": 0.02, "pairwise_distance": 1.0,
+                "gaussian_pairwise_distance": 2.0, "spread_kl": 0.1}
+        return {"onestep": {"val": metrics(10.0, 0.4, 0.4)}, "variants": {
+            v: {"epochs": {"10": {"val": metrics(*val[v]), "test": metrics(*test[v])}}, "diagnostics": diag}
+            for v in val}}
+
+    val = {"published": (3.0, 0.30, 0.20),   # best FDE but too alike: not eligible
+           "a": (9.0, 0.36, 0.29),           # eligible (90 % exactly), ties b on FDE, better ADE
+           "b": (9.5, 0.37, 0.29),
+           "c": (12.0, 0.35, 0.31)}          # eligible, worse FDE
+    test = {v: (1.0, 0.9, 0.9) for v in val} | {"c": (12.0, 0.1, 0.1)}  # c best on test: must not matter
+    runs = {f"tf32_s{s}_objectives": study(val, test) for s in (0, 1)} | {"tf32_s0_ddim": {"metrics": metrics(10, 1, 1)}}
+    text, summary = cmu_table.objectives(runs)
+    assert summary["chosen_on_validation"] == "a"
+    assert "| `a` (chosen) | 2 |" in text and summary["variants"]["a"]["seeds"] == 2
+    assert summary["variants"]["a"]["test_apd_over_ddim"]["n"] == 1  # seed 1 has no ddim file: no ratio

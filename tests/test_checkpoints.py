@@ -59,3 +59,33 @@ def test_missing_and_corrupt_files(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         checkpoints.read_file(path)
+
+
+def spard_01_config() -> dict:
+    """The h36m preset as spard 0.1 wrote it: derived sizes stored, old names, no --np_noise."""
+    d = preset("h36m").to_dict()
+    d["denoiser"] |= {"input_feats": 48, "t_his": 25, "t_total": 125}
+    d["noise_predictor"] |= {"input_feats": 48, "n_pre": d["denoiser"]["n_pre"]}
+    for key in ("noise", "objective", "relax", "prior"):
+        d["noise_predictor"].pop(key)
+    d["train"] |= {"mod_test": d["diffusion"].pop("guidance"), "amp": "none", "tf32": True}
+    d["train"].pop("precision")
+    return d
+
+
+def test_configs_of_spard_01_load_as_they_ran():
+    from spard.config import Config
+
+    cfg = Config.from_dict(spard_01_config())
+    assert cfg.noise_predictor.noise == 0.0  # 0.1 had the published noise predictor only
+    assert (cfg.diffusion.guidance, cfg.train.precision) == (0.3, "tf32")
+    assert Config.from_dict(preset("h36m").to_dict()).noise_predictor.noise == 1.0  # today's default stays
+
+
+def test_a_stored_size_that_disagrees_is_refused():
+    from spard.config import Config, ConfigError
+
+    d = spard_01_config()
+    d["noise_predictor"]["n_pre"] += 1
+    with pytest.raises(ConfigError, match="noise_predictor.n_pre disagrees"):
+        Config.from_dict(d)

@@ -23,7 +23,7 @@ import torch
 from scipy import stats
 
 import spard.distributed
-from conftest import randomized, tiny_config
+from conftest import published_np, randomized, tiny_config
 from spard import losses
 from spard.data import TrainWindows
 from spard.data.dataset import Clip, Dataset
@@ -184,7 +184,9 @@ def test_stage_one_network_sees_one_t_and_one_coin_per_window_and_fresh_noise_pe
     x0, y = method_dct(model, traj)
     sqrt_eta = model.sqrt_etas.double()[d["t"]][:, None, None, None]  # [B, 1, 1, 1]
     want = x0[:, None] + sqrt_eta**2 * (y - x0)[:, None] + model.schedule.kappa * sqrt_eta * d["eps"].double()
-    torch.testing.assert_close(spy.x_t.double(), want.flatten(0, 1), rtol=1e-5, atol=1e-5)
+    # float32 against float64: a few elements differ by ~1e-5 depending on the thread count; a wrong draw
+    # moves them by the noise's scale
+    torch.testing.assert_close(spy.x_t.double(), want.flatten(0, 1), rtol=1e-4, atol=1e-4)
 
 
 def test_stage_one_noise_is_standard_normal_and_independent_between_copies_and_windows():
@@ -210,7 +212,7 @@ def test_distillation_noise_is_standard_normal_one_map_per_window():
 
 
 def test_published_noise_predictor_draws_nothing():
-    model = randomized(SPARD(tiny_config())).eval()
+    model = randomized(SPARD(published_np(tiny_config()))).eval()
     assert draw("np", model, 8, seed=6) == {}
     traj = torch.randn(4, model.cfg.data.t_total, model.dim)
     first, second = (losses.noise_predictor_loss(model, traj)[0] for _ in range(2))

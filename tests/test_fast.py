@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import REPO, randomized, require, tiny_config
+from conftest import REPO, randomized, require, tiny_config, with_np_noise
 from spard import samplers
 from spard.fast import FusedGCN, GraphedSampler, fuse, unfuse
 from spard.samplers import SamplerOptions
@@ -34,7 +34,7 @@ def test_fused_model_equals_reference(sampler):
     model = trained_like()
     history = torch.randn(3, model.t_his, model.dim)
     noise = torch.randn(5, 3, model.n_pre, model.dim)
-    extra = {} if sampler == "np" else {"noise": noise}
+    extra = {"noise": noise}  # np: the noise its predictor adds to the maps (--np_noise, the default)
     want = samplers.get_sampler(sampler)(model, history, 5, **extra)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     got = samplers.get_sampler(sampler)(fuse(model), history, 5, **extra)
@@ -72,10 +72,11 @@ def test_fused_gcn_folds_bias_and_batchnorm():
 def test_graphed_sampler_without_compile_runs_the_sampler():
     model = trained_like()
     history = torch.randn(2, model.t_his, model.dim)
-    want = samplers.np_sample(model, history, 5)
-    fast = GraphedSampler(model, SamplerOptions("np", 5), 2, precision="fp32", compile=False)
-    torch.testing.assert_close(fast(history), want, rtol=1e-5, atol=1e-5)
     noise = torch.randn(5, 2, model.n_pre, model.dim)
+    for np_model in (with_np_noise(model, 0.0), model):  # the published predictor, then the default (noise)
+        want = samplers.np_sample(np_model, history, 5, noise=noise)
+        fast = GraphedSampler(np_model, SamplerOptions("np", 5), 2, precision="fp32", compile=False)
+        torch.testing.assert_close(fast(history, noise), want, rtol=1e-5, atol=1e-5)
     one = GraphedSampler(model, SamplerOptions("onestep", 5), 2, precision="fp32", compile=False)
     torch.testing.assert_close(one(history, noise), samplers.onestep(unfuse(model), history, 5, noise=noise),
                                rtol=1e-5, atol=1e-5)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, require, smooth_motion, tiny_config, write_gsps
+from conftest import REPO, published_np, require, smooth_motion, tiny_config, write_gsps
 from spard import checkpoints
 from spard.api import Predictor
 from spard.checkpoints import CheckpointError
@@ -528,8 +528,9 @@ def test_damaged_checkpoints_give_one_line(root, tmp_path, change, message):
 
 @pytest.fixture(scope="module")
 def predictor():
+    """The published noise predictor (at most K futures), to see that limit refused in one line."""
     torch.manual_seed(0)
-    return Predictor(SPARD(tiny_config()), "np")
+    return Predictor(SPARD(published_np(tiny_config())), "np")
 
 
 @pytest.mark.parametrize("history,options,message", [
