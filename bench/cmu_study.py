@@ -1,6 +1,7 @@
 """The CMU benchmark study behind docs/results.md, as one graph of runs: the three stages for several
 seeds, TF32 (the default) and bf16 with `--compile step-graph`, each stage's sampler evaluated on the
-shared test set; the noise predictor's objectives on the TF32 seeds' distilled models
+shared test set (the np stage with the published noise predictor, `--np_noise 0`, to compare with
+the published code); the noise predictor's objectives on the TF32 seeds' distilled models
 (`bench/np_study.py`); the np stage's length (10, 30, 100 epochs). Every evaluation writes its JSON
 under `--out`; runs go as many at a time as `--jobs`, each after the runs it needs.
 
@@ -63,7 +64,7 @@ def plan(args) -> list[Job]:
                 Job(f"{tag}_base", spard("train", *common, *extra, "--num_epoch", str(epochs["base"])), env=env),
                 Job(f"{tag}_distill", spard("distill", *common, *extra, "--num_epoch", str(epochs["distill"])),
                     [f"{tag}_base"], env),
-                Job(f"{tag}_np", spard("np", *common, *extra, "--num_epoch", str(np_epochs),
+                Job(f"{tag}_np", spard("np", *common, *extra, "--np_noise", "0", "--num_epoch", str(np_epochs),
                                        "--save_model_interval", str(min(long_epochs)) if long else "0"),
                     [f"{tag}_distill"], env, heavy=True),
             ]

@@ -103,19 +103,25 @@ def apd_tests(runs: dict) -> tuple[str, dict]:
 
 def length_table(runs: dict) -> tuple[str, dict]:
     """The published objective's np stage at several lengths: from the bf16 seeds' long runs (test) or
-    from the objectives study's long variant (test, on 90 % of the training windows)."""
-    lines = ["| np epochs | source | seeds | APD | ADE | FDE | MMADE | MMFDE |", "|---|---|---|---|---|---|---|---|"]
-    out, keys = {}, ("APD", "ADE", "FDE", "MMADE", "MMFDE")
+    from np_study's published variant (test, on 90 % of the training windows), there also against the
+    APD of the onestep sampler of the same distilled model."""
+    keys = ("APD", "ADE", "FDE", "MMADE", "MMFDE")
+    lines = ["| np epochs | source | seeds | " + " | ".join(keys) + " | APD / onestep APD |", "|---" * 9 + "|"]
+    out = {}
     for epochs in (10, 30, 100):
-        sources = {"np stage (bf16)": [r["metrics"] for n, r in runs.items() if n.endswith(f"_np_epoch{epochs}")],
-                   "objectives study (tf32)": [r["variants"]["published"]["epochs"][str(epochs)]["test"]
-                                               for n, r in runs.items() if n.endswith("_objectives")
-                                               and str(epochs) in r["variants"].get("published", {}).get("epochs", {})]}
-        for source, rows in sources.items():
+        studies = [r for n, r in runs.items() if n.endswith("_objectives")
+                   and str(epochs) in r["variants"].get("published", {}).get("epochs", {})]
+        sources = {"np stage (bf16)": ([r["metrics"] for n, r in runs.items() if n.endswith(f"_np_epoch{epochs}")], []),
+                   "np_study, published objective": (
+                       [r["variants"]["published"]["epochs"][str(epochs)]["test"] for r in studies],
+                       [r["variants"]["published"]["epochs"][str(epochs)]["test"]["APD"] / r["onestep"]["test"]["APD"]
+                        for r in studies])}
+        for source, (rows, ratios) in sources.items():
             if rows:
-                s = {m: spread([r[m] for r in rows]) for m in keys}
+                s = {m: spread([r[m] for r in rows]) for m in keys} | {"apd_over_onestep": spread(ratios)}
                 out[f"{source}/{epochs}"] = s
-                lines.append(f"| {epochs} | {source} | {len(rows)} | " + " | ".join(cell(s[m]) for m in keys) + " |")
+                lines.append(f"| {epochs} | {source} | {len(rows)} | " + " | ".join(cell(s[m]) for m in keys) +
+                             f" | {cell(s['apd_over_onestep'], 2) if ratios else ''} |")
     return "\n".join(lines), out
 
 
