@@ -142,7 +142,8 @@ def objectives(runs: dict) -> tuple[str, dict]:
             test.append(last["test"])
             ddim = (runs.get(name.replace("_objectives", "_ddim")) or runs.get("ddim") or {}).get("metrics", {}).get("APD")
             ratio.append(last["test"]["APD"] / ddim if ddim else None)
-            diag.append(row["diagnostics"])
+            if "diagnostics" in row:  # written once the variant's last epoch is done
+                diag.append(row["diagnostics"])
         table[v] = {
             "seeds": len(val),
             "val": {m: spread([r[m] for r in val]) for m in ("APD", "ADE", "FDE")},
