@@ -49,17 +49,17 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def positive(kind, *, zero: bool = False):
-    """A parser of finite numbers > 0 (>= 0 with `zero`) of type `kind`."""
+def positive(kind):
+    """A parser of numbers > 0 of type `kind`."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not (value >= 0 if zero else value > 0) or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be a finite number {'>=' if zero else '>'} 0, got {text}")
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
-    parse.__name__ = f"{'non-negative' if zero else 'positive'} {kind.__name__}"
+    parse.__name__ = f"positive {kind.__name__}"
     return parse
 
 

@@ -26,7 +26,7 @@ def parser() -> Parser:
                    help="stage recorded in our checkpoint (default: np with --np_ckpt, else base)")
     p.add_argument("--num_heads", type=positive(int), default=None,
                    help="attention heads: not stored in published weights, so required (the published models use 8)")
-    p.add_argument("--np_noise", type=positive(float, zero=True), default=0.0,
+    p.add_argument("--np_noise", type=float, default=0.0,  # its range: NoisePredictorConfig.noise
                    help="the noise the noise predictor adds to its maps: not stored in published weights; 0 is the "
                         "published noise predictor, give our model's value when converting it back")
     p.add_argument("--to_published", action="store_true", help="write our checkpoint in the published layout")

@@ -46,3 +46,16 @@ def test_two_outputs_of_one_name_are_refused(tmp_path, capsys):
     out = str(tmp_path / "same.pt")
     assert main(["convert", "--to_published", "--ckpt", str(tmp_path / "ours.pt"), "--out", out, "--np_out", out]) == 2
     assert "name the same file" in capsys.readouterr().err and not (tmp_path / "same.pt").exists()
+
+
+def test_np_noise_out_of_range_is_refused_before_anything_is_written(tmp_path, capsys):
+    model = randomized(SPARD(tiny_config()))
+    save_checkpoint(tmp_path / "ours.pt", model, "np")
+    den, npr, back = tmp_path / "spard.pt", tmp_path / "np.pt", tmp_path / "back.pt"
+    assert main(["convert", "--to_published", "--ckpt", str(tmp_path / "ours.pt"), "--out", str(den),
+                 "--np_out", str(npr)]) == 0
+    for value, message in (("-1", "--np_noise must be >= 0, got -1.0"), ("inf", "--np_noise must be a finite number")):
+        assert main(["convert", "--cfg", "h36m", "--num_heads", "8", "--ckpt", str(den), "--np_ckpt", str(npr),
+                     "--np_noise", value, "--out", str(back)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and not back.exists()
