@@ -171,12 +171,18 @@ def test_errors_for_splits_that_give_no_window(tmp_path):
 
 
 @pytest.mark.parametrize("row, match", [
+    # rows that name nothing in the data
     ("S12,Walk,0,25,124", "line 3 .*'S12' is not in the test split"),
     ("S9,Run,0,25,124", "line 3 .*S9 has no sequence 'Run'"),
     ("S9,Walk,150,175,274", r"line 3 .*frames 150..274 lie outside the sequence's 200 frames"),
     ("S9,Walk,x,y,z", "line 3 .*pred_init 'y' is not an integer"),
+    # rows that are not windows of this protocol (t_his, t_pred), or repeat one
+    ("S9,Walk,25,50,99", r"line 3 .*pred_end 99 is not pred_init \+ t_pred - 1 = 149, the row is made for t_pred 50"),
+    ("S9,Walk,30,50,149", r"line 3 .*init 30 is not pred_init - t_his = 25, the row is made for t_his 20"),
+    ("S9,Walk,0,25,124", r"line 3 .*the same window as line 2; each window must be listed once"),
+    ("S9,Walk,0,25,1e3", r"line 3 .*pred_end '1e3' is not an integer"),
 ])
-def test_errors_for_bad_segment_rows(tmp_path, row, match):
+def test_bad_segment_rows_are_refused_in_one_line(tmp_path, row, match):
     write_npz(tmp_path / "data_3d_h36m.npz", TINY)
     (tmp_path / "segments_test.csv").write_text(f"subject,action,init,pred_init,pred_end\nS9,Walk,0,25,124\n{row}\n")
     one_line_error(ValueError, match, tiny_cfg(tmp_path))
@@ -186,18 +192,6 @@ def test_mmapd_must_match_the_test_windows(tmp_path):
     write_npz(tmp_path / "data_3d_h36m.npz", TINY)
     (tmp_path / "mmapd_GT.csv").write_text("id,gt_APD\n0,1.5\n1,0.0\n")
     one_line_error(ValueError, "2 rows for 7 test windows", tiny_cfg(tmp_path))
-
-
-@pytest.mark.parametrize("row, match", [
-    ("S9,Walk,25,50,99", r"line 3 .*pred_end 99 is not pred_init \+ t_pred - 1 = 149, the row is made for t_pred 50"),
-    ("S9,Walk,30,50,149", r"line 3 .*init 30 is not pred_init - t_his = 25, the row is made for t_his 20"),
-    ("S9,Walk,0,25,124", r"line 3 .*the same window as line 2; each window must be listed once"),
-    ("S9,Walk,0,25,1e3", r"line 3 .*pred_end '1e3' is not an integer"),
-])
-def test_segment_rows_must_describe_windows_of_this_protocol(tmp_path, row, match):
-    write_npz(tmp_path / "data_3d_h36m.npz", TINY)
-    (tmp_path / "segments_test.csv").write_text(f"subject,action,init,pred_init,pred_end\nS9,Walk,0,25,124\n{row}\n")
-    one_line_error(ValueError, match, tiny_cfg(tmp_path))
 
 
 def test_a_segments_file_of_another_t_pred_is_refused(tmp_path):
