@@ -45,6 +45,7 @@ def teardown() -> None:
         from .step_graph import release_all
 
         release_all()  # CUDA graphs holding NCCL collectives first, or destroying the group hangs
+        tdist.barrier()  # no rank destroys the group while another still works in it (rank 0 writes files last)
         tdist.destroy_process_group()
 
 

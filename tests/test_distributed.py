@@ -7,12 +7,15 @@ every weight by about lr per step, rounding noise included (one process with 2 t
 by ~lr/30 after these steps), so lr is small and the tolerance lr/5: a missed step or a wrong gradient
 shows as ~lr.
 """
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,16 +55,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes `pid` started, and theirs (Linux)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:  # it ended meanwhile
+        return []
+    return [n for child in children for n in (int(child), *descendants(int(child)))]
+
+
 def spard(cwd, ranks: int, *args) -> str:
     """Run `spard <args>` in one process, or under torchrun with `ranks` gloo processes; returns stdout."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_addr",
                 "127.0.0.1", "--master_port", str(free_port()), "-m"] if ranks > 1 else [sys.executable, "-m"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([*launcher, "spard.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]  # spard's one-line errors
-    assert proc.returncode == 0, "\n".join(errors) + "\n" + proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc.stdout
+    # on a hang every process prints where it waits (faulthandler on SIGABRT), and the test fails with that
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen([*launcher, "spard.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        for pid in reversed([proc.pid, *descendants(proc.pid)]):  # torchrun's workers sit in their own sessions
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGABRT)
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"spard {args[0]} with {ranks} ranks hung; stacks:\n{stdout[-2000:]}{stderr[-6000:]}")
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]  # spard's one-line errors
+    assert proc.returncode == 0, "\n".join(errors) + "\n" + stdout[-2000:] + stderr[-3000:]
+    return stdout
 
 
 @pytest.fixture(scope="module")
