@@ -39,14 +39,14 @@ def machine() -> dict:
 
 
 def commit() -> str:
-    """The commit measured: `git describe` of the checkout (`+changes` when the tree differs from it), or
-    `SPARD_COMMIT` where the tree travels without its .git folder."""
+    """The commit measured: `git describe` of the checkout (`+changes` when the tree differs from it outside
+    bench/results, which earlier runs write), or `SPARD_COMMIT` where the tree travels without its .git folder."""
     if os.environ.get("SPARD_COMMIT"):
         return os.environ["SPARD_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"], cwd=REPO,
                                capture_output=True, text=True).stdout.strip()
         return head + ("+changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
