@@ -102,20 +102,22 @@ def apd_tests(runs: dict) -> tuple[str, dict]:
 
 
 def length_table(runs: dict) -> tuple[str, dict]:
-    """The published objective's np stage at several lengths: from the bf16 seeds' long runs (test) or
-    from np_study's published variant (test, on 90 % of the training windows), there also against the
-    APD of the onestep sampler of the same distilled model."""
+    """The np stage at several lengths: the bf16 seeds' long runs (test), and np_study's variants (test, on 90 %
+    of the training windows; the published objective, and any other measured at more than one length), there
+    also against the APD of the onestep sampler of the same distilled model."""
     keys = ("APD", "ADE", "FDE", "MMADE", "MMFDE")
     lines = ["| np epochs | source | seeds | " + " | ".join(keys) + " | APD / onestep APD |", "|---" * 9 + "|"]
+    studies = [r for n, r in runs.items() if n.endswith("_objectives")]
+    variants = [v for v in _variants(studies)
+                if v == "published" or any(len(r["variants"].get(v, {}).get("epochs", {})) > 1 for r in studies)]
     out = {}
     for epochs in (10, 30, 100):
-        studies = [r for n, r in runs.items() if n.endswith("_objectives")
-                   and str(epochs) in r["variants"].get("published", {}).get("epochs", {})]
-        sources = {"np stage (bf16)": ([r["metrics"] for n, r in runs.items() if n.endswith(f"_np_epoch{epochs}")], []),
-                   "np_study, published objective": (
-                       [r["variants"]["published"]["epochs"][str(epochs)]["test"] for r in studies],
-                       [r["variants"]["published"]["epochs"][str(epochs)]["test"]["APD"] / r["onestep"]["test"]["APD"]
-                        for r in studies])}
+        sources = {"np stage (bf16)": ([r["metrics"] for n, r in runs.items() if n.endswith(f"_np_epoch{epochs}")], [])}
+        for v in variants:
+            measured = [(r["variants"][v]["epochs"][str(epochs)]["test"], r["onestep"]["test"]["APD"]) for r in studies
+                        if str(epochs) in r["variants"].get(v, {}).get("epochs", {})]
+            name = "published objective" if v == "published" else f"`{v}`"
+            sources[f"np_study, {name}"] = ([m for m, _ in measured], [m["APD"] / onestep for m, onestep in measured])
         for source, (rows, ratios) in sources.items():
             if rows:
                 s = {m: spread([r[m] for r in rows]) for m in keys} | {"apd_over_onestep": spread(ratios)}
@@ -125,11 +127,16 @@ def length_table(runs: dict) -> tuple[str, dict]:
     return "\n".join(lines), out
 
 
+def _variants(studies) -> list[str]:
+    """Every variant of the studies, in the order they first appear (files may hold different ones)."""
+    return list(dict.fromkeys(v for study in studies for v in study["variants"]))
+
+
 def objectives(runs: dict) -> tuple[str, dict]:
     studies = {n: r for n, r in runs.items() if n.endswith("_objectives")}
     if not studies:
         return "", {}
-    variants = list(next(iter(studies.values()))["variants"])
+    variants = _variants(studies.values())
     table, rows = {}, []
     for v in variants:
         val, test, ratio, diag = [], [], [], []

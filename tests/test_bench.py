@@ -60,3 +60,32 @@ def test_objective_choice_follows_the_rule_fixed_beforehand(tmp_path):
     assert summary["chosen_on_validation"] == "a"
     assert "| `a` (chosen) | 2 |" in text and summary["variants"]["a"]["seeds"] == 2
     assert summary["variants"]["a"]["test_apd_over_ddim"]["n"] == 1  # seed 1 has no ddim file: no ratio
+
+
+def test_length_table_takes_each_variant_from_the_files_that_hold_it():
+    """Study files may hold different variants (a later run adds one): the objectives table lists every
+    variant with the number of files that hold it, and the length table has a row per epoch count for the
+    published objective and for any variant measured at more than one length."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import cmu_table
+
+    def metrics(apd):
+        return {"APD": apd, "APDE": 1.0, "ADE": 0.4, "FDE": 0.5, "MMADE": 0.4, "MMFDE": 0.5, "CMD": 1.0}
+
+    def study(variants):  # variant -> {epochs: test APD}
+        return {"onestep": {"val": metrics(4.0), "test": metrics(4.0)}, "variants": {
+            v: {"epochs": {str(e): {"val": metrics(apd), "test": metrics(apd)} for e, apd in epochs.items()}}
+            for v, epochs in variants.items()}}
+
+    runs = {f"cpu_s{s}_objectives": study({"published": {10: 3.0 + s, 30: 4.0}}) for s in (0, 1)}
+    runs |= {f"cpu_noise_s{s}_objectives": study({"noise:1": {10: 2.0, 30: 4.0 + s}}) for s in (0, 1, 2)}
+    runs |= {"cpu_prior_s0_objectives": study({"prior:0.1": {10: 1.0}})}  # one length: not a length row
+    text, out = cmu_table.length_table(runs)
+    assert set(out) == {f"np_study, {name}/{e}" for name in ("published objective", "`noise:1`") for e in (10, 30)}
+    assert out["np_study, published objective/10"]["APD"]["n"] == 2
+    assert out["np_study, published objective/10"]["APD"]["mean"] == 3.5
+    assert out["np_study, `noise:1`/30"]["APD"]["n"] == 3
+    assert out["np_study, `noise:1`/30"]["apd_over_onestep"]["mean"] == 5.0 / 4.0
+    assert "| 30 | np_study, `noise:1` | 3 |" in text
+    _, summary = cmu_table.objectives(runs)
+    assert {v: t["seeds"] for v, t in summary["variants"].items()} == {"published": 2, "noise:1": 3, "prior:0.1": 1}
