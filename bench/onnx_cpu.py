@@ -35,7 +35,8 @@ def torch_latency(model: SPARD, sampler: str, repeats: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="", help="also a trained checkpoint of stage np (a file or stage folder) beside the full-size random model")
+    p.add_argument("--ckpt", default="",
+                   help="also a trained np-stage checkpoint (file or stage folder), beside the full-size random model")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="threads for both runtimes (0: their defaults)")
     p.add_argument("--out", default=None)

@@ -1,7 +1,7 @@
 """The docs' numbers point at files that exist: every `bench/results/...` path that README.md or docs/
 names is in the tree, and each of those result files records the commit and the machine it measured
-(in itself or in each of its parts, or for a folder of runs in its `run.json` or `times.json`). Files of earlier measurements,
-named with "(commit C)", live in git history and are not checked here."""
+(in itself or in each of its parts, or for a folder of runs in its `run.json` or `times.json`). Files
+of earlier measurements, named with "(commit C)", live in git history and are not checked here."""
 import json
 import re
 from pathlib import Path
@@ -54,7 +54,8 @@ def test_every_cited_result_file_exists_and_records_its_commit_and_machine(doc, 
 
 
 def test_the_citation_pattern_sees_the_forms_the_docs_use():
-    text = "see `bench/results/cmu_cpu/{ddim,np}.json` and bench/results/np_length_cpu/cpu_s<seed>_x.json, or `bench/results/a/`"
+    text = ("see `bench/results/cmu_cpu/{ddim,np}.json` and bench/results/np_length_cpu/cpu_s<seed>_x.json, "
+            "or `bench/results/a/`")
     assert [m.group(0) for m in CITED.finditer(text)] == [
         "bench/results/cmu_cpu/{ddim,np}.json", "bench/results/np_length_cpu/cpu_s<seed>_x.json", "bench/results/a"]
     assert expand("bench/results/c/{a,b}.json") == ["bench/results/c/a.json", "bench/results/c/b.json"]
