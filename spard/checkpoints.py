@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from torch import nn
 from .config import Config
 from .model import SPARD
 from .stages import STAGES, holding
+from .torch_files import UnreadableTorchFile, load_tensors
 
 FORMAT_VERSION = 1
 PUBLISHED_DENOISER_PREFIX = "denoise_motion_transformer."
@@ -73,21 +73,13 @@ def read_file(path: str | Path, map_location="cpu"):
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): use an intact copy or retrain")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling refused, truncated zip, not a torch file, ...
-        raise _unreadable(path, str(e)) from None
-
-
-def _unreadable(path: Path, error: str) -> CheckpointError:
-    """The one-line error for a file `torch.load(weights_only=True)` refused with `error`."""
-    code = re.search(r"GLOBAL ([\w.]+)", error)
-    if code:
-        return CheckpointError(f"checkpoint {path} holds {code.group(1)}, not only tensors and plain data; "
-                               f"refusing to unpickle it (it could run code)")
-    lines = [line.strip() for line in error.splitlines() if line.strip()] or ["unreadable"]
-    after = [i + 1 for i, line in enumerate(lines[:-1]) if line.endswith("WeightsUnpickler error:")]
-    detail = lines[after[0] if after else 0].split(". ")[0][:160]
-    return CheckpointError(f"checkpoint {path} is corrupt or truncated ({detail}); use an intact copy or retrain")
+        return load_tensors(path, map_location)
+    except UnreadableTorchFile as e:
+        if e.code:
+            raise CheckpointError(f"checkpoint {path} holds {e.code}, not only tensors and plain data; "
+                                  f"refusing to unpickle it (it could run code)") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({e.detail}); use an intact copy or retrain") \
+            from None
 
 
 def dataset_signature(cfg: Config) -> dict:

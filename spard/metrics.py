@@ -12,7 +12,6 @@ Over windows: published_mean / MetricMeter (NaN and exact zeros left out), cmd, 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import scipy.linalg
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from .torch_files import UnreadableTorchFile, load_tensors
 
 
 def _expect(x: Tensor, dims: str, name: str) -> None:
@@ -316,13 +317,12 @@ def load_fid_classifier(path, device: str | torch.device = "cpu") -> ClassifierF
     if not path.is_file():
         raise FileNotFoundError(f"FID classifier {path} not found: {fix}")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling refused, not a torch file, truncated, ...
-        code = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if code:
-            raise ValueError(f"FID classifier {path} holds {code.group(1)}, which could run code; refusing to "
+        state = load_tensors(path, device)
+    except UnreadableTorchFile as e:
+        if e.code:
+            raise ValueError(f"FID classifier {path} holds {e.code}, which could run code; refusing to "
                              f"unpickle it: {fix}") from None
-        raise ValueError(f"FID classifier {path} is corrupt or truncated ({_detail(e)}): {fix}") from None
+        raise ValueError(f"FID classifier {path} is corrupt or truncated ({e.detail}): {fix}") from None
     weights = state.get("model") if isinstance(state, dict) else None
     if not isinstance(weights, dict):
         raise ValueError(f"FID classifier {path} holds no 'model' state dict; {fix}")
@@ -333,13 +333,6 @@ def load_fid_classifier(path, device: str | torch.device = "cpu") -> ClassifierF
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise ValueError(f"FID classifier {path} does not fit ClassifierForFID ({lines[-1][:160]}); {fix}") from None
     return model.to(device).eval()
-
-
-def _detail(error: BaseException) -> str:
-    """What torch.load says is wrong, in one short line (its own line after 'WeightsUnpickler error:')."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-    after = [i + 1 for i, line in enumerate(lines[:-1]) if line.endswith("WeightsUnpickler error:")]
-    return lines[after[0] if after else 0].split(". ")[0][:160]
 
 
 def fid(gt_features: Tensor, pred_features: Tensor, eps: float = 1e-6) -> float:
