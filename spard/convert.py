@@ -56,10 +56,11 @@ def run(args) -> None:
         ck.atomic_save(den, args.out)
         if args.np_out:
             ck.atomic_save(npr, args.np_out)
-        heads, noise = model.cfg.denoiser.num_heads, model.cfg.noise_predictor.noise
-        back = f"--num_heads {heads}" + (f" --np_noise {noise:g}" if args.np_out and noise else "")
+        heads = model.cfg.denoiser.num_heads
+        noise = model.cfg.noise_predictor.noise if args.np_out else 0.0  # only a written noise predictor has it
+        back = f"--num_heads {heads}" + (f" --np_noise {noise:g}" if noise else "")
         note = (f"; its noise predictor adds noise (--np_noise {noise:g}), which the published code does not: "
-                f"there it gives its K maps alone" if args.np_out and noise else "")
+                f"there it gives its K maps alone" if noise else "")
         print(f"wrote the published layout to {', '.join(map(str, outputs))} ({heads} attention heads: give "
               f"{back} when converting it back{note})")
         return

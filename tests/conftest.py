@@ -72,21 +72,18 @@ def tiny_config(name: str = "h36m", **train):
                                train=dataclasses.replace(cfg.train, **train))
 
 
-def published_np(cfg):
-    """`cfg` with the published noise predictor: K deterministic maps (`--np_noise 0`)."""
+def published_np(cfg, sigma: float = 0.0):
+    """`cfg` with the published noise predictor: K deterministic maps (`--np_noise 0`), or with `sigma`."""
     import dataclasses
 
-    return dataclasses.replace(cfg, noise_predictor=dataclasses.replace(cfg.noise_predictor, noise=0.0))
+    return dataclasses.replace(cfg, noise_predictor=dataclasses.replace(cfg.noise_predictor, noise=sigma))
 
 
 def with_np_noise(model, sigma: float):
     """A copy of `model` whose noise predictor adds `sigma` x N(0, I) to its maps (same weights)."""
-    import dataclasses
-
     from spard.model import SPARD
 
-    out = SPARD(dataclasses.replace(model.cfg, noise_predictor=dataclasses.replace(model.cfg.noise_predictor,
-                                                                                    noise=sigma)))
+    out = SPARD(published_np(model.cfg, sigma))
     out.load_state_dict(model.state_dict())
     return out.train(model.training)
 

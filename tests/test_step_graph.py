@@ -1,9 +1,10 @@
 """`--compile step-graph`: the whole training step captured as one CUDA graph trains like the eager step.
 
 Tiny model, synthetic Human3.6M-format data (stride 12: 146 windows, batch 8: 18 full batches and a
-last one of 2; nothing beyond torch needed, so it runs on any GPU machine), dropout off, TF32 off, two epochs with the learning rate halved after each. That covers
-the eager warm-up (11 steps), the capture, replays, the eager last batch between replays, and a
-learning rate changed by the scheduler after capture. Tolerances as in test_distributed.py: Adam
+last one of 2; nothing beyond torch needed, so it runs on any GPU machine), dropout off, TF32 off, two
+epochs with the learning rate halved after each. That covers the eager warm-up (11 steps), the capture,
+replays, the eager last batch between replays, and a learning rate changed by the scheduler after
+capture. Tolerances as in test_distributed.py: Adam
 moves every weight by about lr per step, so a stale input, a skipped step or a stale learning rate
 shows as several lr, rounding as much less; biases that a BatchNorm cancels only get noise.
 """
