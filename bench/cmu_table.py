@@ -85,8 +85,8 @@ def apd_tests(runs: dict) -> tuple[str, dict]:
         for metric in ("APD", "ADE", "FDE"):
             ours = {p: [r[metric] for r in (seed_rows(runs, p, sampler) or seed_rows(runs, p, sampler, "np_epoch10"))]
                     for p in ("tf32", "bf16")}
-            pairs = [(f"tf32 vs published", ours["tf32"], list(PUBLISHED[sampler][metric])),
-                     (f"bf16 vs published", ours["bf16"], list(PUBLISHED[sampler][metric])),
+            pairs = [("tf32 vs published", ours["tf32"], list(PUBLISHED[sampler][metric])),
+                     ("bf16 vs published", ours["bf16"], list(PUBLISHED[sampler][metric])),
                      ("tf32 vs bf16", ours["tf32"], ours["bf16"])]
             for what, a, b in pairs:
                 if len(a) < 2 or len(b) < 2:
@@ -138,7 +138,7 @@ def objectives(runs: dict) -> tuple[str, dict]:
     if not studies:
         return "", {}
     variants = _variants(studies.values())
-    table, rows = {}, []
+    table = {}
     for v in variants:
         val, test, ratio, diag = [], [], [], []
         for name, study in studies.items():

@@ -22,8 +22,8 @@ from .data.skeletons import AMASS, H36M, H36M_FILE_NAMES, H36M_KEPT, MAX_REACH
 from .metrics import apd
 from .model import SPARD
 from .runs import find_checkpoint
-from .samplers import draws_noise, get_sampler
-from .stages import STAGES
+from .samplers import SamplerOptions, draws_noise, get_sampler
+from .stages import STAGES, check_sampler
 
 MAX_DISTANCE = 1e4  # metres: roots farther from the origin lose float32 precision (1 mm at 10 km)
 ROWS_PER_CALL = 512  # sampled futures per network call when batch_size is not given (bounds working memory)
@@ -80,8 +80,7 @@ class Predictor:
         self.stage = stage
         self.sampler = sampler or STAGES[stage].sampler
         get_sampler(self.sampler)
-        if self.sampler == "np" and stage != "np":
-            raise ValueError(f"a '{stage}' checkpoint has no trained noise predictor; use sampler 'ddim' or 'onestep'")
+        check_sampler(stage, self.sampler)
         self.skeleton, self.kept, self.file_num_joints = dataset_layout(model.cfg.data.name, self.num_joints)
         self.last: PredictionInfo | None = None  # set by every successful predict
 
@@ -170,8 +169,9 @@ class Predictor:
                              f"{MAX_REACH:g} m; give positions in metres (from cm: divide by 100, mm: by 1000)")
         return poses
 
-    def _sampler(self, name: str, num_samples, batch_size, seed):
-        """The sampler function, after one-line checks of predict's options."""
+    def _options(self, name: str, num_samples, batch_size, seed) -> SamplerOptions:
+        """How to sample (the checkpoint's settings, e.g. ddim's guidance), after one-line checks of predict's
+        options."""
         if not (_is_int(num_samples) and num_samples >= 1):
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         if batch_size is not None and not (_is_int(batch_size) and batch_size >= 1):
@@ -180,9 +180,9 @@ class Predictor:
             raise ValueError(f"seed must be an integer or None, got {seed!r}")
         if seed is not None and not 0 <= seed < 2 ** 64:
             raise ValueError(f"seed {seed} is out of range: use an integer from 0 to 2**64 - 1")
-        if name == "np" and self.stage != "np":
-            raise ValueError(f"a '{self.stage}' checkpoint has no trained noise predictor; use sampler 'ddim' or 'onestep'")
-        return get_sampler(name)
+        get_sampler(name)
+        check_sampler(self.stage, name)
+        return SamplerOptions.from_config(self.model.cfg, name, num_samples=num_samples)
 
     def _noise(self, windows: int, num_samples: int, generator) -> torch.Tensor:
         """Starting noise `[K, windows, n_pre, D]`, drawn window by window so that a window's noise depends on
@@ -204,7 +204,7 @@ class Predictor:
         """
         poses = self._check(history)  # [B, t_his, J, 3] float32 on the model's device
         name = sampler or self.sampler
-        sample = self._sampler(name, num_samples, batch_size, seed)
+        options = self._options(name, num_samples, batch_size, seed)
         step = batch_size or max(1, ROWS_PER_CALL // num_samples)
         shape = (poses.shape[0], num_samples, self.t_pred, self.num_joints, 3)
         if isinstance(history, np.ndarray):
@@ -219,7 +219,7 @@ class Predictor:
             root = part[:, -1:, :1]  # [b, 1, 1, 3] the last observed root
             relative = (part[:, :, 1:] - part[:, :, :1]).flatten(-2)  # [b, t_his, D]
             noise = self._noise(part.shape[0], num_samples, generator) if random else None
-            future = sample(self.model, relative, num_samples, noise=noise)[:, :, self.t_his:]  # [b, K, t_pred, D]
+            future = options.sample(self.model, relative, noise=noise)[:, :, self.t_his:]  # [b, K, t_pred, D]
             spread[start:start + len(part)] = apd(future).double().cpu().numpy()
             future = future.unflatten(-1, (-1, 3))  # [b, K, t_pred, J-1, 3] root-relative
             dst = out[start:start + len(part)]  # [b, K, t_pred, J, 3], filled in place

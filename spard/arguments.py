@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import typing
 from pathlib import Path
 
@@ -23,21 +22,42 @@ class _Help(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
+        default = action.default
         if ("default" not in text and action.option_strings and action.nargs != 0
-                and action.default not in (None, False, "", argparse.SUPPRESS)):
+                and not (default is None or default is False or default == "" or default == argparse.SUPPRESS)):
             text += " (default: %(default)s)"
         return text
 
 
-class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one `UsageError` line; help shows every default."""
+class _RawHelp(_Help, argparse.RawDescriptionHelpFormatter):
+    """The same, with the description and epilog kept as written."""
 
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", _Help)
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one `UsageError` line; help shows every default. Every command
+    has `--debug`; `replaces` (what the command may replace) adds `--overwrite`."""
+
+    def __init__(self, *args, replaces: str | None = None, **kwargs):
+        raw = kwargs.get("formatter_class") is argparse.RawDescriptionHelpFormatter
+        kwargs["formatter_class"] = _RawHelp if raw else _Help
         super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", help="show tracebacks")  # read by spard.cli.main
+        if replaces:
+            self.add_argument("--overwrite", action="store_true", help=f"replace {replaces}")
 
     def error(self, message):
         raise UsageError(f"{message} (see `{self.prog} -h`)")
+
+
+def add_sampler_flag(group, flag: str = "--sampler", baselines: bool = False) -> None:
+    """The sampler flag (`spard.samplers.SAMPLERS`, with `baselines` the trivial ones too); default: the stage's own."""
+    from .baselines import BASELINES
+    from .samplers import SAMPLERS
+    from .stages import STAGES
+
+    own = ", ".join(f"{s.name}: {s.sampler}" for s in STAGES.values())
+    group.add_argument(flag, choices=tuple(SAMPLERS) + (tuple(BASELINES) if baselines else ()), default=None,
+                       help=f"default: the stage's own ({own})" + ("; baselines need no checkpoint" * baselines))
 
 
 def boolean(text: str) -> bool:
@@ -95,19 +115,26 @@ def add_config_flags(p: argparse.ArgumentParser, cfg_name: str) -> None:
     defaults = preset(cfg_name)
     for section in SECTIONS:
         group = p.add_argument_group(f"{section} settings (defaults: the --cfg preset, here {cfg_name})")
-        for f, s, kind in fields_of(SECTIONS[section]):
-            flag = flag_of(f, s)
-            if not flag:
-                continue
-            value = getattr(getattr(defaults, section), f.name)
-            group.add_argument(f"--{flag}", *(f"--{a}" for a in s.aliases), dest=f"{section}.{f.name}",
-                               type=_parser_for(kind), default=None, choices=s.choices,
-                               metavar=None if s.choices else flag.upper(),
-                               help=(s.help if "default" in s.help else f"{s.help} (default: {_shown(value)})")
-                               .replace("%", "%%"))
+        for f, s, _ in fields_of(SECTIONS[section]):
+            if flag_of(f, s):
+                value = getattr(getattr(defaults, section), f.name)
+                add_setting_flag(group, f"{section}.{f.name}", shown=None if "default" in s.help else _shown(value))
     group = p.add_argument_group("earlier names of --precision")
     group.add_argument("--amp", choices=("none", "bf16"), default=None, help="bf16: --precision bf16")
     group.add_argument("--tf32", type=boolean, default=None, help="false: --precision fp32")
+
+
+def add_setting_flag(group, path: str, *, shown: str | None = None, note: str = "", **override) -> None:
+    """The flag of config field `path` ("section.field") as its `Setting` declares it (name, published aliases,
+    type, choices, help); the value lands in `args.<path>`, None when not given. `shown`: the default the
+    help names; `note`: added to the help; `override`: argparse keywords a command sets otherwise."""
+    section, name = path.split(".")
+    f, s, kind = next(x for x in fields_of(SECTIONS[section]) if x[0].name == name)
+    flag = flag_of(f, s)
+    text = s.help + (f" (default: {shown})" if shown is not None else "") + note
+    group.add_argument(f"--{flag}", *(f"--{a}" for a in s.aliases), dest=path, type=_parser_for(kind),
+                       choices=s.choices, metavar=None if s.choices else flag.upper(),
+                       **{"default": None, "help": text.replace("%", "%%"), **override})
 
 
 def config_from_args(args) -> Config:
@@ -131,6 +158,11 @@ def config_from_args(args) -> Config:
         if values["train"].get("precision", precision) != precision:
             raise UsageError(f"--precision {values['train']['precision']} contradicts --amp/--tf32; give --precision only")
         values["train"]["precision"] = precision
+    for section in SECTIONS:  # files and folders as absolute paths: config.json then reruns from any folder
+        for f, s, _ in fields_of(SECTIONS[section]):
+            value = values[section].get(f.name, getattr(getattr(cfg, section), f.name))
+            if s.path and value:
+                values[section][f.name] = str(Path(value).absolute())
     parts = {s: dataclasses.replace(getattr(cfg, s), **v) for s, v in values.items() if v}
     return dataclasses.replace(cfg, **parts)
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .arguments import (Parser, UsageError, add_config_flags, boolean, config_from_args, resolve_device,
-                        seed_everything)
-from .stages import EVAL_MODES, STAGES, TRAIN_MODES
+from .arguments import (Parser, UsageError, add_config_flags, add_sampler_flag, boolean, config_from_args,
+                        resolve_device, seed_everything)
+from .baselines import BASELINES
+from .stages import EVAL_MODES, STAGES, TRAIN_MODES, check_sampler
 
 MODES = tuple(TRAIN_MODES) + tuple(EVAL_MODES)
-BASELINES = ("zero_velocity", "constant_velocity")
 # commands in modules of their own (spard/<name>.py, with `parser()` and `run(args)`): name -> line for --help
 COMMANDS = {
     "predict": "predict futures of your own motion (npz, npy, csv or BVH) with a trained model",
@@ -42,7 +42,8 @@ COMMANDS = {
 # the six modes
 
 def mode_parser(prog: str, default_cfg: str | None, mode: str | None, cfg_name: str) -> argparse.ArgumentParser:
-    p = Parser(prog=prog, description="SPARD: the three training stages and their evaluations")
+    p = Parser(prog=prog, description="SPARD: the three training stages and their evaluations",
+               replaces="an existing stage result or --json file")
     if mode is None:
         p.add_argument("--mode", choices=MODES, default="np_eval", help="what to run (published default np_eval)")
     g = p.add_argument_group("run")
@@ -55,12 +56,9 @@ def mode_parser(prog: str, default_cfg: str | None, mode: str | None, cfg_name: 
     g.add_argument("--resume", nargs="?", const=True, default=True,
                    help="resume an unfinished run (default), or the given run folder / last.pt")
     g.add_argument("--no_resume", dest="resume", action="store_false", help="always start a new run")
-    g.add_argument("--overwrite", action="store_true", help="allow replacing an existing stage result or --json file")
     g.add_argument("--select", choices=("best", "last"), default="best",
                    help="weights written as the stage result: best validation loss or last epoch")
-    g.add_argument("--sample", choices=("ddim", "onestep", "np") + BASELINES, default=None,
-                   help="sampler for evaluation (default: the mode's own: ddim, onestep or np); the two "
-                        "baselines need no checkpoint")
+    add_sampler_flag(g, "--sample", baselines=True)
     for s in STAGES.values():
         aliases = ("--model_ckpt",) if s.ckpt_flag == "--ckpt" else ()
         g.add_argument(s.ckpt_flag, *aliases, dest=f"ckpt_{s.name}", default="", metavar="FILE",
@@ -72,7 +70,6 @@ def mode_parser(prog: str, default_cfg: str | None, mode: str | None, cfg_name: 
                         "(windows x samples x t_pred x joints x 3 float32: 0.16 GB for the CMU test set at 50 samples, "
                         "5 GB for Human3.6M's)")
     g.add_argument("--no_progress", action="store_true", help="no progress bars")
-    g.add_argument("--debug", action="store_true", help="show tracebacks")
     g.add_argument("--objective", choices=("x0",), default="x0", help="network target (the published code: x0 only)")
     add_config_flags(p, cfg_name)
     return p
@@ -167,8 +164,7 @@ def _evaluate(stage, cfg, args, out_dir: Path, paths: dict, device) -> dict:
     from .samplers import SamplerOptions
 
     name = args.sample or stage.sampler
-    if name == "np" and stage.sampler != "np":
-        raise UsageError("--sample np needs the noise predictor: use --mode np_eval with --np_ckpt")
+    check_sampler(stage.name, name)
     check_writable(out_dir / "eval")
     for flag, path in (("--json", args.json), ("--save_predictions", args.save_predictions)):
         if path:
@@ -223,7 +219,8 @@ def _log_start(log, mode: str, cfg, dataset, model) -> None:
     params = sum(p.numel() for p in model.parameters())
     log.info(f"spard {mode}: {d.name} ({d.data_dir or 'embedded'}), {d.t_his} -> {d.t_pred} frames at {d.fps:g} fps, "
              f"{d.num_joints} joints; transformer {den.num_layers} x {den.latent_dim}, {params / 1e6:.2f} M parameters; "
-             f"batch {t.batch_size}, lr {t.lr:g}, epochs {t.start_epoch}..{t.num_epoch}, {t.precision}, seed {t.seed}")
+             + (f"batch {t.batch_size}, lr {t.lr:g}, epochs {t.start_epoch}..{t.num_epoch}, " if mode in TRAIN_MODES
+                else f"batch {t.eval_batch_size}, ") + f"{t.precision}, seed {t.seed}")
     for note in dataset.notes:
         log.info(note)
 

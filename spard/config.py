@@ -32,6 +32,7 @@ class Setting:
     below: float | None = None
     choices: tuple[str, ...] | None = None
     changeable: bool = False  # may differ when a run resumes (it does not change what was trained so far)
+    path: bool = False  # a file or folder: recorded as an absolute path, so that a recorded run reruns anywhere
 
     def requirement(self) -> str:
         parts = [f">= {self.low:g}" if self.low is not None else "", f"> {self.above:g}" if self.above is not None else "",
@@ -107,7 +108,7 @@ class DataConfig(Section):
 
     name: str = setting("h36m", "reader: h36m (any GSPS-format npz), amass (BeLFusion zarr), deepmimic", flag="",
                         choices=("h36m", "amass", "deepmimic"))
-    data_dir: str = setting("data/h36m", "dataset folder (or the npz file itself)", changeable=True)
+    data_dir: str = setting("data/h36m", "dataset folder (or the npz file itself)", changeable=True, path=True)
     fps: float = setting(50.0, "frames per second of the data", flag="", above=0)
     t_his: int = setting(25, "observed frames", low=1)
     t_pred: int = setting(100, "predicted frames", low=1)
@@ -122,12 +123,12 @@ class DataConfig(Section):
     rota_prob: float = setting(1.0, "probability of a random rotation about the vertical axis", low=0, high=1)
     multimodal_threshold: float = setting(0.5, "last-observed-pose distance of the multimodal ground truth", above=0)
     segments_csv: str | None = setting(None, "test windows (default: <data_dir>/segments_test.csv if present)",
-                                       aliases=("segments",), changeable=True)
+                                       aliases=("segments",), changeable=True, path=True)
     mmapd_csv: str | None = setting(None, "APDE reference (default: <data_dir>/mmapd_GT.csv if present)",
-                                    aliases=("mmapd",), changeable=True)
+                                    aliases=("mmapd",), changeable=True, path=True)
     classes_json: str | None = setting(None, "class list and CMD reference (default: <data_dir>/classes.json)",
-                                       aliases=("classes",), changeable=True)
-    fid_classifier: str | None = setting(None, "Human3.6M FID classifier (.pth); FID is n/a without it", changeable=True)
+                                       aliases=("classes",), changeable=True, path=True)
+    fid_classifier: str | None = setting(None, "Human3.6M FID classifier (.pth); FID is n/a without it", changeable=True, path=True)
 
     @property
     def t_total(self) -> int:

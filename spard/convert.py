@@ -13,27 +13,24 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .arguments import Parser, UsageError, positive
+from .arguments import Parser, UsageError, add_setting_flag
 from .stages import STAGES
 
 
 def parser() -> Parser:
-    p = Parser(prog="spard convert", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="spard convert", description=__doc__.split("\n\n")[0], replaces="existing output files")
     p.add_argument("--cfg", default=None, help="dataset preset of published weights: h36m or amass")
     p.add_argument("--ckpt", default="", help="input: a published SPARD state dict (or ours with --to_published)")
     p.add_argument("--np_ckpt", default="", help="input: a published noise-predictor state dict")
     p.add_argument("--stage", choices=tuple(STAGES), default=None,
                    help="stage recorded in our checkpoint (default: np with --np_ckpt, else base)")
-    p.add_argument("--num_heads", type=positive(int), default=None,
-                   help="attention heads: not stored in published weights, so required (the published models use 8)")
-    p.add_argument("--np_noise", type=float, default=0.0,  # its range: NoisePredictorConfig.noise
-                   help="the noise the noise predictor adds to its maps: not stored in published weights; 0 is the "
-                        "published noise predictor, give our model's value when converting it back")
+    add_setting_flag(p, "denoiser.num_heads",
+                     note="; not stored in published weights, so required (the published models use 8)")
+    add_setting_flag(p, "noise_predictor.noise", default=0.0, shown="0, the published noise predictor",
+                     note="; not stored in published weights: give our model's value when converting it back")
     p.add_argument("--to_published", action="store_true", help="write our checkpoint in the published layout")
     p.add_argument("--out", required=True, help="output file (with --to_published: the SPARD state dict)")
     p.add_argument("--np_out", default="", help="with --to_published: also write the noise predictor here")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
@@ -41,6 +38,7 @@ def run(args) -> None:
     from . import checkpoints as ck
     from .config import preset
 
+    heads, noise = getattr(args, "denoiser.num_heads"), getattr(args, "noise_predictor.noise")
     outputs = [Path(args.out)] + ([Path(args.np_out)] if args.np_out else [])
     if len({p.resolve() for p in outputs}) < len(outputs):
         raise UsageError(f"--out and --np_out name the same file {args.out}; give two different files")
@@ -48,7 +46,7 @@ def run(args) -> None:
         if out.exists() and not args.overwrite:
             raise UsageError(f"{out} already exists; pass --overwrite to replace it")
     if args.to_published:
-        if args.cfg or args.np_ckpt or args.num_heads or args.stage or args.np_noise:
+        if args.cfg or args.np_ckpt or heads is not None or args.stage or noise:
             raise UsageError("--to_published reads everything from our checkpoint: leave out --cfg, --np_ckpt, "
                              "--num_heads, --np_noise and --stage")
         model, _ = ck.load_model(args.ckpt)
@@ -66,11 +64,9 @@ def run(args) -> None:
         return
     if not args.cfg:
         raise UsageError("--cfg is required: the dataset preset of the weights (h36m or amass)")
-    if args.num_heads is None:
+    if heads is None:
         raise UsageError("--num_heads is required: published weights do not store the number of attention heads "
                          "(the published models use 8)")
-    base = preset(args.cfg)
-    base = dataclasses.replace(base, denoiser=dataclasses.replace(base.denoiser, num_heads=args.num_heads))
     den = ck.read_file(args.ckpt) if args.ckpt else None
     npr = ck.read_file(args.np_ckpt) if args.np_ckpt else None
     if den is None and npr is None:
@@ -78,8 +74,12 @@ def run(args) -> None:
     for obj, path, want in ((den, args.ckpt, "published-denoiser"), (npr, args.np_ckpt, "published-np")):
         if obj is not None and ck.kind_of(obj) != want:
             raise ck.CheckpointError(f"{path} is a {ck.kind_of(obj)} checkpoint, expected a {want} state dict")
-    model = ck.from_published(base, den, npr, np_noise=args.np_noise)
+    base = preset(args.cfg)
+    if den is not None:
+        base = ck.config_from_published(den, base)  # the sizes the weights have, so that checks name them
+    base = dataclasses.replace(base, denoiser=dataclasses.replace(base.denoiser, num_heads=heads))
+    model = ck.from_published(base, den, npr, np_noise=noise)
     stage = args.stage or ("np" if npr is not None else "base")
     ck.save_checkpoint(args.out, model, stage)
     print(f"wrote {args.out} (stage {stage}, {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"{args.num_heads} attention heads)")
+          f"{heads} attention heads)")

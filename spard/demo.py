@@ -35,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(prog="spard demo", description="SPARD end to end on the embedded DeepMimic clips: train the three "
                "stages, evaluate the three samplers and the zero-velocity baseline, and write report.md, "
                "predictions.gif and losses.png to --out_dir (about 6 minutes on 2 CPU cores).",
-               epilog="Reruns: " + __doc__.split("Reruns: ")[1].replace("\n", " ").replace("    ", " "))
+               epilog="Reruns: " + __doc__.split("Reruns: ")[1].replace("\n", " ").replace("    ", " "),
+               replaces="stage results already in --out_dir (retrained)")
     p.add_argument("--out_dir", default="results/demo", help="where everything is written (default results/demo)")
     p.add_argument("--device", default="auto", help="torch device (default: cuda:0 when there is one, else cpu)")
     p.add_argument("--threads", type=positive(int), default=1,
@@ -45,11 +46,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"epochs of the base, distill and np stages (default {','.join(map(str, EPOCHS.values()))})")
     p.add_argument("--reuse", action="store_true",
                    help="evaluate the stage results already in --out_dir; train only the missing ones")
-    p.add_argument("--overwrite", action="store_true", help="retrain and replace stage results already in --out_dir")
     p.add_argument("--gif_windows", type=positive(int), default=4, help="test windows (different actions) in the GIF")
     p.add_argument("--gif_futures", type=positive(int), default=4, help="np futures per window in the GIF")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 

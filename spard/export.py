@@ -19,7 +19,7 @@ import json
 import statistics
 import time
 import warnings
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -28,8 +28,8 @@ from torch import nn
 from .arguments import Parser
 from .model import SPARD
 from .runs import find_checkpoint
-from .samplers import np_sample, onestep
-from .stages import holding
+from .samplers import SamplerOptions, draws_noise
+from .stages import check_sampler
 
 MIN_OPSET = 17
 
@@ -38,55 +38,34 @@ class ExportError(ValueError):
     """An export that cannot be done or did not verify; the message says why."""
 
 
-class NPPredictor(nn.Module):
-    """`np_sample` as a module: history `[B, t_his, D]` -> `[B, K, T, D]`; a predictor trained with
-    `--np_noise` takes its noise as an input too, `[S, B, n_pre, D]` -> `[B, S, T, D]`."""
+class SamplerGraph(nn.Module):
+    """A sampler of `model` as a module, sampling with the run's settings (`SamplerOptions.from_config`):
+    `history [B, t_his, D]` -> `[B, K, T, D]` for the published np predictor; samplers that draw noise
+    take it as an input, `[S, B, n_pre, D]` -> `[B, S, T, D]` (`inputs`)."""
 
-    def __init__(self, model: SPARD):
+    def __init__(self, model: SPARD, sampler: str):
         super().__init__()
-        self.model = model
+        self.model, self.options = model, SamplerOptions.from_config(model.cfg, sampler)
+        self.inputs = inputs_of(model, sampler)
 
     def forward(self, history: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        return np_sample(self.model, history, None if noise is None else noise.shape[0], noise=noise)
-
-
-class OnestepPredictor(nn.Module):
-    """`onestep` with the noise as an input: `[B, t_his, D]`, `[S, B, n_pre, D]` -> `[B, S, T, D]`."""
-
-    def __init__(self, model: SPARD):
-        super().__init__()
-        self.model = model
-
-    def forward(self, history: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return onestep(self.model, history, noise.shape[0], noise=noise)
-
-
-@dataclass(frozen=True)
-class Spec:
-    wrapper: type[nn.Module]
-    inputs: tuple[str, ...]
-    dynamic_axes: dict
+        s = self.model.noise_predictor.cfg.k if noise is None else noise.shape[0]
+        return dataclasses.replace(self.options, num_samples=s).sample(self.model, history, noise=noise)
 
 
 OUTPUT = "trajectories"
-WITH_NOISE = {"history": {0: "batch"}, "noise": {0: "samples", 1: "batch"}, OUTPUT: {0: "batch", 1: "samples"}}
-SPECS = {
-    "np": Spec(NPPredictor, ("history",), {"history": {0: "batch"}, OUTPUT: {0: "batch"}}),
-    "np with noise": Spec(NPPredictor, ("history", "noise"), WITH_NOISE),
-    "onestep": Spec(OnestepPredictor, ("history", "noise"), WITH_NOISE),
-}
 
 
-def spec_of(model: SPARD, sampler: str) -> Spec:
-    """How `sampler` of `model` is exported (an np predictor trained with --np_noise takes noise too)."""
-    return SPECS["np with noise" if sampler == "np" and model.noise_predictor.cfg.noise > 0 else sampler]
+def inputs_of(model: SPARD, sampler: str) -> tuple[str, ...]:
+    """The graph's inputs: `("history",)`, or `("history", "noise")` for a sampler that draws noise."""
+    return ("history", "noise") if draws_noise(model, sampler) else ("history",)
 
 
 def example_inputs(model: SPARD, sampler: str, batch: int, samples: int, generator: torch.Generator) -> tuple:
     """Random inputs of a predictor: `(history,)` or `(history, noise)`."""
     d = model.dim
     history = 0.5 * torch.randn(batch, model.t_his, d, generator=generator)  # [B, t_his, D], metres
-    if "noise" not in spec_of(model, sampler).inputs:
+    if "noise" not in inputs_of(model, sampler):
         return (history,)
     return history, torch.randn(samples, batch, model.n_pre, d, generator=generator)  # [S, B, n_pre, D]
 
@@ -95,14 +74,17 @@ def export_onnx(model: SPARD, sampler: str, path: str | Path, *, opset: int = MI
     """Trace the `sampler` predictor of `model` (a float32 CPU model) into an ONNX file at `path`."""
     if opset < MIN_OPSET:
         raise ExportError(f"--opset must be >= {MIN_OPSET}, got {opset}")
-    spec, path = spec_of(model, sampler), Path(path)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = spec.wrapper(model).eval()
+    graph = SamplerGraph(model, sampler).eval()
+    dynamic = {"history": {0: "batch"}, "noise": {0: "samples", 1: "batch"}, OUTPUT: {0: "batch", 1: "samples"}}
+    if "noise" not in graph.inputs:  # the published np predictor: K futures, fixed
+        dynamic = {"history": {0: "batch"}, OUTPUT: {0: "batch"}}
     inputs = example_inputs(model, sampler, 2, 2, torch.Generator().manual_seed(0))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape checks, constant by design
-        torch.onnx.export(wrapper, inputs, str(path), dynamo=False, opset_version=opset, input_names=list(spec.inputs),
-                          output_names=[OUTPUT], dynamic_axes=spec.dynamic_axes)
+        torch.onnx.export(graph, inputs, str(path), dynamo=False, opset_version=opset, input_names=list(graph.inputs),
+                          output_names=[OUTPUT], dynamic_axes=dynamic)
     _add_metadata(path, model, sampler)
     return path
 
@@ -136,22 +118,21 @@ def session(path: str | Path, threads: int = 0):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _feeds(spec: Spec, inputs: tuple) -> dict:
-    return {name: x.numpy() for name, x in zip(spec.inputs, inputs)}
+def _feeds(names: tuple[str, ...], inputs: tuple) -> dict:
+    return {name: x.numpy() for name, x in zip(names, inputs)}
 
 
 @torch.no_grad()
 def check(path: str | Path, model: SPARD, sampler: str, *, num_samples: int, tol: float = 1e-4,
           batches: tuple[int, ...] = (1, 3), seed: int = 0) -> float:
     """Max `|onnxruntime - PyTorch|` / max(1, max |PyTorch|) over random histories; raises above `tol`."""
-    spec = spec_of(model, sampler)
-    sess, wrapper = session(path), spec.wrapper(model).eval()
+    sess, graph = session(path), SamplerGraph(model, sampler).eval()
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     for batch in batches:
         inputs = example_inputs(model, sampler, batch, num_samples, generator)
-        want = wrapper(*inputs)
-        got = torch.from_numpy(sess.run(None, _feeds(spec, inputs))[0])
+        want = graph(*inputs)
+        got = torch.from_numpy(sess.run(None, _feeds(graph.inputs, inputs))[0])
         if got.shape != want.shape:
             raise ExportError(f"{path}: onnxruntime gives shape {list(got.shape)}, PyTorch {list(want.shape)}")
         worst = max(worst, float((got - want).abs().max() / want.abs().max().clamp_min(1.0)))
@@ -164,7 +145,7 @@ def latency(path: str | Path, model: SPARD, sampler: str, *, num_samples: int, r
             threads: int = 0) -> float:
     """Median seconds of one onnxruntime CPU run for 1 history (x num_samples for onestep, x K for np)."""
     sess = session(path, threads)
-    feeds = _feeds(spec_of(model, sampler), example_inputs(model, sampler, 1, num_samples,
+    feeds = _feeds(inputs_of(model, sampler), example_inputs(model, sampler, 1, num_samples,
                                                           torch.Generator().manual_seed(1)))
     for _ in range(min(3, repeats)):  # warm-up
         sess.run(None, feeds)
@@ -181,9 +162,9 @@ def latency(path: str | Path, model: SPARD, sampler: str, *, num_samples: int, r
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="spard export", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+               formatter_class=argparse.RawDescriptionHelpFormatter, replaces="existing ONNX files")
     p.add_argument("--ckpt", required=True, help="our checkpoint file, or a stage folder holding one "
-                                                 "(np needs an 'np' checkpoint, onestep 'distill' or 'np')")
+                                                 "(np needs the result of stage np)")
     p.add_argument("--sampler", choices=("np", "onestep", "both"), default="both", help="predictor(s) to export")
     p.add_argument("--out", default="export", help="output folder: spard_<sampler>.onnx")
     p.add_argument("--num_samples", type=int, default=50,
@@ -194,8 +175,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
     p.add_argument("--repeats", type=int, default=20, help="latency: timed runs (the median is printed; 0: no timing)")
     p.add_argument("--threads", type=int, default=0, help="latency: onnxruntime intra-op threads (0: its default)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing ONNX files")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
@@ -206,16 +185,17 @@ def run(args) -> dict:
     samplers = ("np", "onestep") if args.sampler == "both" else (args.sampler,)
     if args.num_samples < 1:
         raise ExportError(f"--num_samples must be >= 1, got {args.num_samples}")
-    stages = min((holding(x) for x in samplers), key=len)  # checkpoints holding every network needed
-    ckpt = find_checkpoint(args.ckpt)
-    model = load_model(ckpt, stages=stages)[0].eval()
+    model, ckpt = load_model(find_checkpoint(args.ckpt))
+    for sampler in samplers:
+        check_sampler(ckpt["stage"], sampler)
+    model.eval()
     out, report = Path(args.out), {}
     for sampler in samplers:
         path = out / f"spard_{sampler}.onnx"
         if path.exists() and not args.overwrite:
             raise ExportError(f"{path} already exists; pass --overwrite to replace it")
         export_onnx(model, sampler, path, opset=args.opset)
-        samples = args.num_samples if "noise" in spec_of(model, sampler).inputs else model.cfg.noise_predictor.k
+        samples = args.num_samples if "noise" in inputs_of(model, sampler) else model.cfg.noise_predictor.k
         print(f"wrote {path} ({_signature(model, sampler)}; opset {args.opset})")
         report[sampler] = {"path": str(path), "samples": samples}
         if args.check:
@@ -234,6 +214,6 @@ def run(args) -> dict:
 
 def _signature(model: SPARD, sampler: str) -> str:
     d, t = model.dim, model.cfg.data.t_total
-    if "noise" not in spec_of(model, sampler).inputs:
+    if "noise" not in inputs_of(model, sampler):
         return f"history [B, {model.t_his}, {d}] -> {OUTPUT} [B, {model.cfg.noise_predictor.k}, {t}, {d}]"
     return f"history [B, {model.t_his}, {d}], noise [S, B, {model.n_pre}, {d}] -> {OUTPUT} [B, S, {t}, {d}]"

@@ -19,7 +19,8 @@ windows followed by t_pred frames, which are written as the ground truth.
 Output: a predictions file (`spard.predictions`; --format json writes the same fields as JSON) at the
 checkpoint's frame rate, in the input's units and axes: the futures overlay the history (each future
 starts from the last observed root). Fields: futures [B, K, t_pred, J, 3], history [B, t_his, J, 3],
-ground_truth, joint_names, parents, left_joints, right_joints, fps, sampler, checkpoint_sha256, window_names.
+ground_truth, joint_names, parents, left_joints, right_joints, fps, sampler, checkpoint_sha256, window_names,
+units (metres per unit) and up (the vertical axis), which `spard render` and `spard view` read.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arguments import Parser, UsageError, positive
+from .arguments import Parser, UsageError, add_sampler_flag, positive
 
 
 def window_starts(frames: int, length: int, stride: int | None) -> list[int]:
@@ -59,7 +60,7 @@ def write_json(predictions, path: Path) -> Path:
               "parents": predictions.parents.tolist(), "left_joints": predictions.left_joints.tolist(),
               "right_joints": predictions.right_joints.tolist(), "fps": predictions.fps,
               "sampler": predictions.sampler, "checkpoint_sha256": predictions.checkpoint_sha256,
-              "window_names": predictions.window_names}
+              "window_names": predictions.window_names, "units": predictions.units, "up": predictions.up}
     document = {key: np.round(value.astype(np.float64), 6).tolist() if isinstance(value, np.ndarray) else value
                 for key, value in fields.items() if value is not None}
     return write_atomically(path, lambda f: f.write(json.dumps(document, separators=(",", ":")).encode()))
@@ -69,12 +70,12 @@ def write_json(predictions, path: Path) -> Path:
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="spard predict", description=__doc__.split("\n\n")[0],
-               epilog="\n\n".join(__doc__.split("\n\n")[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
+               epilog="\n\n".join(__doc__.split("\n\n")[2:]), formatter_class=argparse.RawDescriptionHelpFormatter,
+               replaces="an existing --out")
     p.add_argument("--ckpt", required=True, help="a spard checkpoint, or a stage folder (results/demo/np)")
     p.add_argument("--input", required=True, help="motion file: .bvh, .csv, .npy, or .npz (an array or Human3.6M format)")
     p.add_argument("--out", required=True, help="predictions file to write (.npz, or .json)")
     p.add_argument("--format", choices=("npz", "json"), default=None, help="default: from the --out suffix")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     g = p.add_argument_group("input")
     g.add_argument("--subject", default=None, help="Human3.6M-format npz: this subject only (default: all)")
     g.add_argument("--action", default=None, help="Human3.6M-format npz: this action only, e.g. 'Walking 1'")
@@ -93,11 +94,9 @@ def parser() -> argparse.ArgumentParser:
                    help="only windows followed by t_pred frames, written as ground truth")
     g.add_argument("--num_samples", type=positive(int), default=None,
                    help="futures per window (default: all K of the np sampler, 50 otherwise)")
-    g.add_argument("--sampler", choices=("ddim", "onestep", "np"), default=None,
-                   help="default: the checkpoint stage's own (base: ddim, distill: onestep, np: np)")
+    add_sampler_flag(g)
     g.add_argument("--seed", type=int, default=0, help="noise seed of the ddim/onestep samplers")
     g.add_argument("--device", default="cpu", help="torch device")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
@@ -150,7 +149,7 @@ def run(args) -> Path:
         joint_names=skeleton.names, parents=np.array(skeleton.parents, dtype=np.int64),
         left_joints=np.array(skeleton.left, dtype=np.int64), right_joints=np.array(skeleton.right, dtype=np.int64),
         fps=target.fps, sampler=predictor.last.sampler, checkpoint_sha256=file_sha256(ckpt),
-        window_names=[f"{r.name} @ {s / target.fps:.2f} s" for r, s in windows])
+        window_names=[f"{r.name} @ {s / target.fps:.2f} s" for r, s in windows], units=frame.scale, up=frame.up)
     if fmt == "json":
         write_json(predictions, out)
     else:

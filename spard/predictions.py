@@ -14,9 +14,12 @@ An `.npz` (plain arrays, no pickles) written by `spard predict` and by evaluatio
     sampler            str     []                    ddim, onestep, np, zero_velocity, ...
     checkpoint_sha256  str     []                    "" when no checkpoint was involved
     window_names       str     [B]                   optional
+    units              float   []                    optional: metres per unit of the positions (default 1)
+    up                 str     []                    optional: the vertical axis, "z" (default) or "y"
 
 Every joint at its absolute (world) position, joint 0 the root; positions in metres with z up for
-the built-in datasets and evaluation (`spard predict` keeps its input's units and axes).
+the built-in datasets and evaluation. `spard predict` keeps its input's units and axes and records
+them (`units`, `up`); `in_metres_z_up()` gives what the drawing code takes.
 
     from spard.predictions import Predictions
     p = Predictions.load("predictions.npz")
@@ -28,6 +31,7 @@ import hashlib
 import os
 import tempfile
 import zipfile
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +39,7 @@ import numpy as np
 
 REQUIRED = ("futures", "history", "joint_names", "parents", "left_joints", "right_joints", "fps", "sampler",
             "checkpoint_sha256")
-OPTIONAL = ("ground_truth", "window_names")
+OPTIONAL = ("ground_truth", "window_names", "units", "up")
 
 
 @dataclass
@@ -53,6 +57,8 @@ class Predictions:
     checkpoint_sha256: str = ""
     ground_truth: np.ndarray | None = None  # [B, t_pred, J, 3] float32
     window_names: list[str] | None = None  # [B]
+    units: float = 1.0  # metres per unit of the positions
+    up: str = "z"  # the vertical axis of the positions: "z" or "y"
 
     def __post_init__(self):
         self.futures = _positions("futures", self.futures, 5)
@@ -82,6 +88,22 @@ class Predictions:
                 raise ValueError(f"{name} must be a string, got {type(getattr(self, name)).__name__}")
         if self.window_names is not None:
             self.window_names = _strings("window_names", self.window_names, b)
+        self.units = float(self.units)
+        if not (np.isfinite(self.units) and self.units > 0):
+            raise ValueError(f"units must be a positive number of metres per unit, got {self.units}")
+        if self.up not in ("y", "z"):
+            raise ValueError(f"up must be 'y' or 'z' (the vertical axis), got {self.up!r}")
+
+    def in_metres_z_up(self) -> "Predictions":
+        """The same predictions with positions in metres and z up (itself when they already are)."""
+        if self.units == 1.0 and self.up == "z":
+            return self
+        from .motion_io import Frame
+
+        frame = Frame(self.units, self.up)
+        convert = lambda a: None if a is None else frame.to_model(a).astype(np.float32)  # noqa: E731
+        return dataclasses.replace(self, futures=convert(self.futures), history=convert(self.history),
+                                   ground_truth=convert(self.ground_truth), units=1.0, up="z")
 
     # -------------------------------------------------------------------------------------- shape
 
@@ -130,7 +152,8 @@ class Predictions:
             parents=self.parents, left_joints=self.left_joints, right_joints=self.right_joints, fps=self.fps,
             sampler=self.sampler, checkpoint_sha256=self.checkpoint_sha256,
             ground_truth=None if self.ground_truth is None else self.ground_truth[windows],
-            window_names=None if self.window_names is None else [self.window_names[i] for i in windows])
+            window_names=None if self.window_names is None else [self.window_names[i] for i in windows],
+            units=self.units, up=self.up)
 
     # -------------------------------------------------------------------------------------- files
 
@@ -145,7 +168,8 @@ class Predictions:
         arrays = {"futures": self.futures, "history": self.history, "joint_names": np.array(self.joint_names, str),
                   "parents": self.parents, "left_joints": self.left_joints, "right_joints": self.right_joints,
                   "fps": np.array(self.fps), "sampler": np.array(self.sampler, str),
-                  "checkpoint_sha256": np.array(self.checkpoint_sha256, str)}
+                  "checkpoint_sha256": np.array(self.checkpoint_sha256, str), "units": np.array(self.units),
+                  "up": np.array(self.up, str)}
         if self.ground_truth is not None:
             arrays["ground_truth"] = self.ground_truth
         if self.window_names is not None:
@@ -176,15 +200,17 @@ class Predictions:
             raise ValueError(f"{path} is not a predictions file: {reason}; write one with `spard predict` or "
                              f"Predictions.save") from None
         try:
-            for key in ("fps", "sampler", "checkpoint_sha256"):
-                if arrays[key].shape != ():
+            for key in ("fps", "sampler", "checkpoint_sha256", "units", "up"):
+                if key in arrays and arrays[key].shape != ():
                     raise ValueError(f"{key} must be a single value, got an array of shape {list(arrays[key].shape)}")
             return cls(futures=arrays["futures"], history=arrays["history"], joint_names=arrays["joint_names"],
                        parents=arrays["parents"], left_joints=arrays["left_joints"],
                        right_joints=arrays["right_joints"], fps=_number("fps", arrays["fps"]),
                        sampler=_text("sampler", arrays["sampler"]),
                        checkpoint_sha256=_text("checkpoint_sha256", arrays["checkpoint_sha256"]),
-                       ground_truth=arrays.get("ground_truth"), window_names=arrays.get("window_names"))
+                       ground_truth=arrays.get("ground_truth"), window_names=arrays.get("window_names"),
+                       **({"units": _number("units", arrays["units"])} if "units" in arrays else {}),
+                       **({"up": _text("up", arrays["up"])} if "up" in arrays else {}))
         except ValueError as e:
             raise ValueError(f"predictions file {path}: {e}") from None
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arguments import Parser, UsageError, positive, resolve_device
+from .arguments import Parser, UsageError, add_sampler_flag, positive, resolve_device
 from .predictions import Predictions, file_sha256, predict_windows
 
 HISTORY = {"left": "#5a5a5a", "right": "#a8a8a8", "centre": "#7f7f7f"}
@@ -324,8 +324,7 @@ def add_source_flags(p: argparse.ArgumentParser, samples: int) -> None:
     g.add_argument("--num_samples", type=positive(int), default=None,
                    help=f"futures per window (K; default {samples}, or all a file holds if fewer)")
     g.add_argument("--no_ground_truth", action="store_true", help="leave out the ground truth")
-    g.add_argument("--sampler", choices=("ddim", "onestep", "np"), default=None,
-                   help="--ckpt: default the checkpoint stage's own (base: ddim, distill: onestep, np: np)")
+    add_sampler_flag(g)
     g.add_argument("--split", choices=("test", "val"), default=None, help="--ckpt: which windows (default test)")
     g.add_argument("--data_dir", default=None, help="--ckpt: dataset folder, if not where the checkpoint was trained")
     g.add_argument("--seed", type=int, default=None, help="--ckpt: noise seed of the ddim/onestep samplers (default 0)")
@@ -356,7 +355,7 @@ def read_source(args, source: Path, samples: int) -> Predictions:
         except ValueError:
             raise UsageError(f"--windows expects indices like 3,17,40, got {args.windows!r}") from None
     if args.predictions:
-        predictions = Predictions.load(source)
+        predictions = Predictions.load(source).in_metres_z_up()  # what the drawing code takes
         windows = windows or list(range(min(args.max_windows, predictions.num_windows)))
         predictions = predictions.select(windows, args.num_samples or min(samples, predictions.num_samples))
     else:
@@ -397,14 +396,12 @@ def output_path(args, source: Path, name: str) -> Path:
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="spard render", description=__doc__.split("\n\n")[0],
-               epilog="Frames: one every --step time steps; the GIF plays in real time.")
+               epilog="Frames: one every --step time steps; the GIF plays in real time.", replaces="an existing output file")
     add_source_flags(p, samples=4)
     p.add_argument("--out", default=None,
                    help="output GIF (default: render.gif beside the checkpoint, or the predictions file's name .gif)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--step", type=positive(int), default=2, help="draw every step-th frame")
     p.add_argument("--dpi", type=positive(int), default=72, help="resolution: pixels per inch of a 1.7-inch panel")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 

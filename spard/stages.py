@@ -109,6 +109,17 @@ def stage(name: str) -> Stage:
         raise ValueError(f"unknown stage {name!r}; expected one of {', '.join(STAGES)}") from None
 
 
+def check_sampler(stage: str, sampler: str) -> None:
+    """A one-line ValueError when `sampler` needs a network that a `stage` result does not hold trained:
+    the network its own stage trains, if no stage up to `stage` trains it (np: the noise predictor).
+    The baselines need no network."""
+    own = next((s for s in STAGES.values() if s.sampler == sampler), None)
+    order = list(STAGES)
+    if own is not None and own.trains not in {STAGES[n].trains for n in order[:order.index(stage) + 1]}:
+        raise ValueError(f"the {sampler} sampler needs a trained {own.trains}, which a '{stage}' result does not hold: "
+                         f"give a result of stage '{own.name}' or later, or another sampler")
+
+
 def holding(name: str) -> tuple[str, ...]:
     """The stages whose results hold the networks of stage `name` (or of the stage whose sampler `name`
     is): that stage and every later one."""

@@ -21,7 +21,6 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed as dist
-from . import losses
 from .checkpoints import save_checkpoint, read_file, load_state
 from .config import Config
 from .data import TrainWindows

@@ -86,13 +86,11 @@ def write_page(predictions: Predictions, path: str | Path, title: str = "spard p
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="spard view", description=__doc__.split("\n\n")[0],
-               epilog="Open the page in a browser; it needs no server and no network.")
+               epilog="Open the page in a browser; it needs no server and no network.", replaces="an existing output file")
     add_source_flags(p, samples=10)
     p.add_argument("--out", default=None,
                    help="output page (default: view.html beside the checkpoint, or the predictions file's name .html)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--title", default=None, help="the page's title (default: the input file's name)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 

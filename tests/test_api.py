@@ -125,7 +125,7 @@ def test_bad_options_and_checkpoints(ckpt_dir, predictor, tmp_path):
     one_line_error(lambda: predictor.predict(history, num_samples=0), "num_samples")
     one_line_error(lambda: predictor.predict(history, sampler="nope"), "unknown sampler")
     distilled = Predictor.from_checkpoint(ckpt_dir / "distill" / "distill_ckpt.pt")
-    one_line_error(lambda: distilled.predict(history, sampler="np"), "no trained noise predictor")
+    one_line_error(lambda: distilled.predict(history, sampler="np"), "which a 'distill' result does not hold")
     one_line_error(lambda: Predictor.from_checkpoint(tmp_path / "missing.pt"), "does not exist")
     with pytest.raises(CheckpointError, match="holds none of"):
         Predictor.from_checkpoint(tmp_path)
@@ -215,3 +215,17 @@ def test_non_finite_futures_are_never_returned(ckpt_dir):
     history = np.zeros((15, 18, 3), np.float32) + [0, 0, 0.9]
     one_line_error(lambda: broken.predict(history, num_samples=2), "non-finite futures")
     assert broken.last is None
+
+
+def test_ddim_uses_the_checkpoints_guidance(predictor):
+    """Predictor samples with the run's settings (SamplerOptions.from_config), not the sampler's defaults."""
+    import dataclasses
+
+    cfg = predictor.model.cfg
+    cfg_09 = dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, guidance=0.9))
+    weak, strong = SPARD(cfg), SPARD(cfg_09)
+    randomized(weak)  # random weights: the condition matters
+    strong.load_state_dict(weak.state_dict())
+    history = history_of(predictor)
+    got = [Predictor(m, "np").predict(history, 2, sampler="ddim", seed=3) for m in (weak, strong)]
+    assert not np.allclose(got[0], got[1]), "the guidance weight of the checkpoint's config was ignored"

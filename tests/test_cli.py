@@ -120,11 +120,24 @@ def test_config_json_reruns_the_recorded_run(workdir, tmp_path):
     recorded = cwd / "results/h36m/train/runs/001/config.json"
     run(cwd, "train", "--config", str(recorded), "--device", "cpu", "--out_dir", str(tmp_path), "--no_progress")
     assert (tmp_path / "train/runs/001/config.json").read_text() == recorded.read_text()
-    run(cwd, "train", "--config", str(recorded), "--device", "cpu", "--out_dir", str(tmp_path / "b"), "--no_progress",
-        "--lr", "0.002")  # a flag on the line wins over the recorded value
+    run(tmp_path, "train", "--config", str(recorded), "--device", "cpu", "--out_dir", str(tmp_path / "b"),
+        "--no_progress", "--lr", "0.002")  # from another folder; a flag on the line wins over the recorded value
     rerun = json.loads((tmp_path / "b/train/runs/001/config.json").read_text())
     assert rerun["train"]["lr"] == 0.002 and {**rerun["train"], "lr": None} == \
         {**json.loads(recorded.read_text())["train"], "lr": None}
+
+
+def test_paths_are_recorded_absolute(tmp_path, monkeypatch):
+    """Files and folders of a config are absolute, so a recorded config.json reruns from any folder."""
+    from spard.arguments import config_from_args
+    from spard.cli import mode_parser
+
+    monkeypatch.chdir(tmp_path)
+    args = mode_parser("spard", None, "train", "h36m").parse_args(
+        ["--cfg", "h36m", "--data_dir", "data/cmu", "--classes", "c.json"])
+    cfg = config_from_args(args)
+    assert (cfg.data.data_dir, cfg.data.classes_json) == (str(tmp_path / "data/cmu"), str(tmp_path / "c.json"))
+    assert cfg.data.segments_csv is None and cfg.data.fid_classifier is None  # unset stays unset
 
 
 def test_help_lists_every_command_and_the_version():

@@ -30,6 +30,9 @@ def test_round_trip_through_the_published_layout(tmp_path, capsys, noise):
     back = tmp_path / "back.pt"
     assert main(["convert", "--cfg", "h36m", "--ckpt", str(den), "--np_ckpt", str(npr), "--out", str(back)]) == 2
     assert "--num_heads is required" in capsys.readouterr().err and not back.exists()
+    assert main(["convert", "--cfg", "h36m", "--num_heads", "5", "--ckpt", str(den), "--out", str(back)]) == 2
+    err = capsys.readouterr().err  # the check names the width the weights have, not the preset's 512
+    assert f"--latent_dim ({cfg.denoiser.latent_dim}) must be divisible by --num_heads (5)" in err and not back.exists()
 
     assert main(["convert", "--cfg", "h36m", *back_flags, "--ckpt", str(den), "--np_ckpt", str(npr),
                  "--out", str(back)]) == 0

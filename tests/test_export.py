@@ -77,7 +77,7 @@ def test_cli_refuses_a_checkpoint_without_a_noise_predictor(model, tmp_path, cap
     assert main(["export", "--ckpt", str(tmp_path / "distill_ckpt.pt"), "--sampler", "np",
                  "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "'distill' checkpoint but a 'np' checkpoint is needed" in err and len(err.strip().splitlines()) == 1
+    assert "needs a trained noise_predictor, which a 'distill' result does not hold" in err and len(err.strip().splitlines()) == 1
 
 
 def test_an_np_predictor_trained_with_noise_takes_it_as_an_input(tmp_path):

@@ -34,7 +34,6 @@ def test_best_of_h_picks_the_best_copy(model):
 def test_condition_dropout_whole_batch_or_per_window(model):
     traj = torch.randn(64, 125, 48)
     model.eval()
-    gen = torch.Generator().manual_seed(0)
     t, eps = torch.zeros(64, dtype=torch.long), torch.randn(64, 1, 20, 48)
     cond = losses.base_loss(model, traj, h=1, t=t, eps=eps, keep_cond=True)[1]
     uncond = losses.base_loss(model, traj, h=1, t=t, eps=eps, keep_cond=False)[1]

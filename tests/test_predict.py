@@ -191,6 +191,12 @@ def test_bvh_round_trip(ckpt, tmp_path):
     model = Predictor.from_checkpoint(ckpt).predict(history @ to_model.T, num_samples=K, seed=1)[0]  # [K, 100, 17, 3]
     back = (model - model[:, :, :1]) @ np.linalg.inv(to_model).T + history[-1, 0]
     np.testing.assert_allclose(p.futures[0], back, atol=1e-3)
+    # the file records its frame, and what render and view draw is back in metres with z up
+    assert (p.units, p.up) == (0.01, "y")
+    drawn = p.in_metres_z_up()
+    np.testing.assert_allclose(drawn.history[0], history @ to_model.T, atol=1e-5)
+    np.testing.assert_allclose(drawn.futures[0], p.futures[0] @ to_model.T, atol=1e-5)
+    assert (drawn.units, drawn.up) == (1.0, "z") and drawn.history[0, :, 0, 2].min() > 0.5  # the root above the floor
 
     # the same skeleton under other names, mapped by a joint map, gives the same predictions
     renamed = write_bvh(tmp_path / "renamed.bvh", rename=lambda name: f"rig:{name}")

@@ -1,10 +1,11 @@
 """The predictions file: exact round trips, atomic writes, and a one-line error for every kind of bad file."""
+import dataclasses
 import hashlib
 
 import numpy as np
 import pytest
 
-from spard.predictions import REQUIRED, Predictions, file_sha256, write_atomically
+from spard.predictions import OPTIONAL, REQUIRED, Predictions, file_sha256, write_atomically
 
 
 def example(b=2, k=3, t_his=4, t_pred=5, j=4, *, seed=0, **fields) -> Predictions:
@@ -20,7 +21,7 @@ def test_round_trip_is_exact(tmp_path):
     p = example()
     path = p.save(tmp_path / "sub" / "p.npz")
     with np.load(path, allow_pickle=False) as archive:  # plain arrays, readable without pickles
-        assert sorted(archive.files) == sorted(REQUIRED + ("ground_truth", "window_names"))
+        assert sorted(archive.files) == sorted(REQUIRED + OPTIONAL)
         assert archive["futures"].dtype == np.float32 and archive["parents"].dtype == np.int64
     q = Predictions.load(path)
     for name in ("futures", "history", "ground_truth", "parents", "left_joints", "right_joints"):
@@ -30,6 +31,28 @@ def test_round_trip_is_exact(tmp_path):
            (p.joint_names, p.window_names, 50.0, "np", "ab" * 32)
     assert (q.num_windows, q.num_samples, q.t_his, q.t_pred) == (2, 3, 4, 5)
     assert q.skeleton.parents == [-1, 0, 1, 2] and q.skeleton.left == [1] and q.skeleton.right == [2, 3]
+
+
+def test_units_and_up_axis_are_kept_and_drawn_in_metres_z_up(tmp_path):
+    """A file in centimetres with y up (as `spard predict` writes for BVH input) keeps its frame; what the
+    drawing code takes is the same motion in metres with z up: (x, y, z) cm -> (x, -z, y) / 100 m."""
+    p = dataclasses.replace(example(), units=0.01, up="y")
+    q = Predictions.load(p.save(tmp_path / "cm.npz"))
+    assert (q.units, q.up) == (0.01, "y")
+    drawn = q.in_metres_z_up()
+    for name in ("futures", "history", "ground_truth"):
+        a = getattr(q, name)
+        np.testing.assert_allclose(getattr(drawn, name), np.stack([a[..., 0], -a[..., 2], a[..., 1]], -1) / 100,
+                                   rtol=1e-6)
+    assert (drawn.units, drawn.up) == (1.0, "z") and example().in_metres_z_up() is not None
+    # a file written before these fields existed is in metres with z up
+    with np.load(tmp_path / "cm.npz") as archive:
+        np.savez(tmp_path / "old.npz", **{k: archive[k] for k in archive.files if k not in ("units", "up")})
+    old = Predictions.load(tmp_path / "old.npz")
+    assert (old.units, old.up) == (1.0, "z") and old.in_metres_z_up() is old
+    for bad, message in (({"units": 0.0}, "units must be a positive number"), ({"up": "x"}, "up must be 'y' or 'z'")):
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(example(), **bad)
 
 
 def test_optional_fields_and_select(tmp_path):

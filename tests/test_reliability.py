@@ -303,7 +303,7 @@ CASES = [
          r"--device 'toaster' is not a torch device; use e\.g\. cuda:0 or cpu"),
     Case("np sampler without a noise predictor",
          [*EVAL, "--data_dir", "{data}", "--ckpt", "{ckpt}/base.pt", "--sample", "np"],
-         r"--sample np needs the noise predictor: use --mode np_eval with --np_ckpt"),
+         r"the np sampler needs a trained noise_predictor, which a 'base' result does not hold: give a result of stage 'np'"),
     # --- checkpoints
     Case("missing checkpoint path", [*EVAL, "--data_dir", "{data}", "--ckpt", "{root}/nowhere.pt"],
          r"checkpoint .*nowhere\.pt does not exist: check the path, or run the stage that writes it first"),
@@ -557,5 +557,5 @@ def test_predict_refuses_bad_input_in_one_line(predictor, history, options, mess
 
 def test_np_sampler_needs_an_np_checkpoint(predictor):
     base = Predictor(predictor.model, "base")
-    with pytest.raises(ValueError, match="a 'base' checkpoint has no trained noise predictor"):
+    with pytest.raises(ValueError, match="the np sampler needs a trained noise_predictor, which a 'base' result does not hold"):
         base.predict(np.zeros((25, 17, 3)), 2, sampler="np")

@@ -5,6 +5,7 @@ import torch
 from conftest import randomized, tiny_config, with_np_noise
 from spard import samplers
 from spard.model import SPARD
+from spard.stages import check_sampler
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +70,16 @@ def test_bad_history_and_noise(model):
         samplers.onestep(model, torch.randn(2, 25, 48), 3, noise=torch.randn(2, 3, 20, 48))
     with pytest.raises(ValueError, match="unknown sampler 'fast'"):
         samplers.get_sampler("fast")
+
+
+@pytest.mark.parametrize("stage, sampler, ok", [
+    ("base", "ddim", True), ("base", "onestep", True), ("base", "np", False), ("base", "zero_velocity", True),
+    ("distill", "ddim", True), ("distill", "np", False), ("np", "np", True), ("np", "onestep", True),
+])
+def test_a_sampler_needs_the_network_its_stage_trains(stage, sampler, ok):
+    """The one rule every caller (evaluation, Predictor, export) applies: np needs a trained noise predictor."""
+    if ok:
+        check_sampler(stage, sampler)
+    else:
+        with pytest.raises(ValueError, match=f"needs a trained noise_predictor, which a '{stage}' result does not hold"):
+            check_sampler(stage, sampler)

@@ -132,6 +132,26 @@ def test_view_command_and_its_errors(tmp_path, capsys):
     assert not (tmp_path / "bad.html").exists()
 
 
+def test_a_file_in_centimetres_with_y_up_shows_the_same_page(tmp_path, capsys):
+    """`spard predict` keeps a BVH file's centimetres and y axis; the page shows the motion as in metres, z up."""
+    import dataclasses
+
+    metres = figures()
+    to_file = lambda a: np.stack([a[..., 0], a[..., 2], -a[..., 1]], -1) * 100  # noqa: E731 - (x, y, z) m -> cm, y up
+    cm = dataclasses.replace(metres, futures=to_file(metres.futures), history=to_file(metres.history),
+                             ground_truth=to_file(metres.ground_truth), units=0.01, up="y")
+    pages = {}
+    for name, p in (("m", metres), ("cm", cm)):
+        p.save(tmp_path / f"{name}.npz")
+        assert main(["view", "--predictions", str(tmp_path / f"{name}.npz")]) == 0
+        pages[name] = motion_of((tmp_path / f"{name}.html").read_text())
+    capsys.readouterr()
+    assert pages["cm"]["title"] == "spard: cm.npz" and pages["m"]["title"] == "spard: m.npz"
+    for w_cm, w_m in zip(pages["cm"]["windows"], pages["m"]["windows"], strict=True):
+        for key in ("history", "futures", "truth"):  # millimetres; float32 cm -> m may round 1 mm the other way
+            assert np.abs(np.array(w_cm[key]) - np.array(w_m[key])).max() <= 1, key
+
+
 def test_view_command_predicts_dataset_windows(tmp_path, capsys):
     torch.manual_seed(0)
     ckpt = tmp_path / "np" / "np_ckpt.pt"
