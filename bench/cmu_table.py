@@ -34,6 +34,20 @@ def load(folder: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.stem not in ("summary", "run")}
 
 
+def sources(folders) -> list[dict]:
+    """The commits and machines of the runs summarised: from each folder's files that record them (a study's
+    run.json, the CPU recipe's times.json, np_study's objectives files); the evaluation records do not."""
+    seen = {}
+    for folder in folders:
+        for path in sorted(folder.glob("*.json")):
+            record = json.loads(path.read_text())
+            if isinstance(record, dict) and "commit" in record and "machine" in record:
+                key = json.dumps([record["commit"], record["machine"]], sort_keys=True)
+                seen.setdefault(key, {"commit": record["commit"], "machine": record["machine"], "files": []})
+                seen[key]["files"].append(str(path))
+    return list(seen.values())
+
+
 def spread(values: list[float]) -> dict:
     values = [v for v in values if v is not None]
     if not values:
@@ -189,6 +203,7 @@ def main() -> None:
         text, data = fn(runs)
         summary[title] = data
         parts.append(f"### {title}\n\n{text}\n")
+    summary["measured by"] = sources(Path(f) for f in sys.argv[1:])
     (folder / "summary.json").write_text(json.dumps(summary, indent=1, default=lambda x: None if
                                                     isinstance(x, float) and math.isnan(x) else x))
     print("\n".join(parts))

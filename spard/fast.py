@@ -2,7 +2,7 @@
 Triton kernels of `spard.kernels`), compiled by `torch.compile` with the weights frozen as
 constants, and replayed as one CUDA graph.
 
-    fast = GraphedSampler(model, "np", batch_size=1, num_samples=50)   # fp16 by default
+    fast = GraphedSampler(model, SamplerOptions("np", 50), batch_size=1)   # fp16 by default
     futures = fast(history)            # [B, t_his, D] -> [B, S, T, D], no host sync inside
 
 `fuse(model)` gives the model's fusable modules (`spard.nets.fusable`) their fused forms: the
@@ -87,13 +87,13 @@ class FusedDenoiser(nn.Module):
     """The fused form of a `Denoiser`: what its `forward` regroups while fused (same weights, same
     outputs up to rounding; checked against the reference in tests/test_fast.py):
 
-    - q, k and v of each block come from one matrix product (`SelfAttention.qkv_weight`), and
-      attention over the few tokens is one kernel (`kernels.attention`);
+    - q, k and v of each block come from one matrix product, and attention over the few tokens is
+      one kernel (`kernels.attention`);
     - in half precision on a GPU, the feed-forward GELU is applied by the matrix product before it
       (`linear_gelu`);
     - the attention's residual is added by its output product (`add_linear`); that product's bias
-      is carried to the two places that read the sum next: the feed-forward's first bias (as
-      `W1 @ b`) and the feed-forward's output bias;
+      is carried to the two places that read the sum next (`Block.fusion` derives each block's
+      fused weights);
     - the time embedding (an MLP of the step `t`) is a table over the schedule's steps, computed
       once in float32;
     - the 2 x num_layers scale/shift projections of the embedding (`Stylization.modulation`) are one
@@ -109,23 +109,18 @@ class FusedDenoiser(nn.Module):
     def __init__(self, den: Denoiser, steps: int):
         """`steps`: the diffusion steps `t` the samplers may ask for (0 to steps - 1)."""
         super().__init__()
-        blocks = den.temporal_decoder_blocks
-        buffers = {}
+        per_block = [b.fusion() for b in den.temporal_decoder_blocks]  # what each block derives for it
+        buffers = {"qkv_weight": torch.stack([f["qkv_weight"] for f in per_block]),  # [L, 3C, C]
+                   "mod_weight": torch.cat([f["mod_weight"] for f in per_block]),  # [2L * 2C, C]
+                   "mod_bias": torch.cat([f["mod_bias"] for f in per_block]),  # [2L * 2C]
+                   "ffn_in_bias": torch.stack([f["ffn_in_bias"] for f in per_block]),  # [L, ff]
+                   "ffn_out_bias": torch.stack([f["ffn_out_bias"] for f in per_block])}  # [L, C]
         with torch.no_grad():
-            buffers["qkv_weight"] = torch.stack([b.sa_block.qkv_weight() for b in blocks])  # [L, 3C, C]
-            mods = [s.modulation for b in blocks for s in b.stylizations()]
-            buffers["mod_weight"] = torch.cat([m.weight for m in mods])  # [2L * 2C, C]
-            buffers["mod_bias"] = torch.cat([m.bias for m in mods])  # [2L * 2C]
             t_his, n, r = den.t_his, den.cfg.n_pre, den.refine_n_pre
             dct64, idct64 = den.dct.double(), den.idct.double()
             lift = dct64[:r, t_his:] @ idct64[t_his:, :n]  # [r, n_pre]: coefficients -> refiner's DCT of the future
             buffers["into_refiner_matrix"] = torch.cat([dct64[:r, :t_his], lift], dim=1).float()  # [r, t_his + n_pre]
             buffers["time_table"] = den.time_embedding(torch.arange(steps, device=den.dct.device))  # [steps, C]
-            carried = [b.sa_block.proj_out.out_linear.bias for b in blocks]  # the attention output's bias, per block
-            buffers["ffn_in_bias"] = torch.stack([b.ffn.linear1.bias + b.ffn.linear1.weight @ c
-                                                  for b, c in zip(blocks, carried)])  # [L, ff]
-            buffers["ffn_out_bias"] = torch.stack([b.ffn.proj_out.out_linear.bias + c
-                                                   for b, c in zip(blocks, carried)])  # [L, C]
         for name, t in buffers.items():
             self.register_buffer(name, t.detach().clone().contiguous(), persistent=False)
 

@@ -155,7 +155,7 @@ class SamplerOptions:
 
     @classmethod
     def from_config(cls, cfg: Config, name: str, **overrides) -> "SamplerOptions":
-        """The options a run's config implies (`--mode_test`, `--num_samples`), `overrides` on top."""
+        """The options a run's config implies (`--guidance`, `--num_samples`), `overrides` on top."""
         return cls(**{"name": name, "num_samples": cfg.train.num_samples, "guidance": cfg.diffusion.guidance,
                       **overrides})
 

@@ -124,6 +124,19 @@ class Block(nn.Module):
     def stylizations(self) -> tuple[Stylization, Stylization]:
         return self.sa_block.proj_out, self.ffn.proj_out
 
+    @torch.no_grad()
+    def fusion(self) -> dict[str, torch.Tensor]:
+        """What this block's fused form (`spard.fast.FusedDenoiser`) computes from, derived from its weights:
+        q | k | v as one projection, the two modulations as one, and the attention output's bias carried to
+        where the sum is read next (the feed-forward's first bias, as `W1 @ b`, and its output bias)."""
+        attn, ffn = self.stylizations()
+        carried = attn.out_linear.bias  # [C]
+        return {"qkv_weight": self.sa_block.qkv_weight(),  # [3C, C]
+                "mod_weight": torch.cat([attn.modulation.weight, ffn.modulation.weight]),  # [2 * 2C, C]
+                "mod_bias": torch.cat([attn.modulation.bias, ffn.modulation.bias]),  # [2 * 2C]
+                "ffn_in_bias": self.ffn.linear1.bias + self.ffn.linear1.weight @ carried,  # [ff]
+                "ffn_out_bias": ffn.out_linear.bias + carried}  # [C]
+
 
 class Denoiser(Fusable):
     """Predicts the whole time-domain trajectory `[N, T, D]` from the noisy DCT state."""
