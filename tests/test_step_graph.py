@@ -30,16 +30,16 @@ def data_dir(tmp_path_factory):
     return str(write_gsps(tmp_path_factory.mktemp("data")).parent)
 
 
-def config(compile: str, data_dir: str):
+def config(compile: str, data_dir: str, np_noise: float = 1.0):
     cfg = tiny_config("h36m", batch_size=8, lr=LR, milestones=(1, 2), gamma=0.5, precision="fp32", compile=compile)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=data_dir, stride=12),
                               denoiser=dataclasses.replace(cfg.denoiser, dropout=0.0, gcn_dropout=0.0),
-                              noise_predictor=dataclasses.replace(cfg.noise_predictor, dropout=0.0))
+                              noise_predictor=dataclasses.replace(cfg.noise_predictor, dropout=0.0, noise=np_noise))
     return cfg
 
 
-def train_two_epochs(stage: str, compile: str, data_dir: str, device: str = "cuda"):
-    cfg = config(compile, data_dir)
+def train_two_epochs(stage: str, compile: str, data_dir: str, device: str = "cuda", np_noise: float = 1.0):
+    cfg = config(compile, data_dir, np_noise)
     torch.manual_seed(0)
     model = SPARD(cfg)
     trainer = Trainer(cfg, stage, model, load_dataset(cfg.data), run_dir=None, out_dir=None, device=device,
@@ -49,10 +49,10 @@ def train_two_epochs(stage: str, compile: str, data_dir: str, device: str = "cud
 
 
 @cuda
-@pytest.mark.parametrize("stage", ["base", "distill", "np"])
-def test_captured_step_trains_like_the_eager_step(stage, data_dir):
-    eager, eager_losses = train_two_epochs(stage, "none", data_dir)
-    graphed, graphed_losses = train_two_epochs(stage, "step-graph", data_dir)
+@pytest.mark.parametrize("stage, np_noise", [("base", 1.0), ("distill", 1.0), ("np", 0.0), ("np", 1.0)])
+def test_captured_step_trains_like_the_eager_step(stage, np_noise, data_dir):
+    eager, eager_losses = train_two_epochs(stage, "none", data_dir, np_noise=np_noise)
+    graphed, graphed_losses = train_two_epochs(stage, "step-graph", data_dir, np_noise=np_noise)
     assert len(eager.windows) == 146
     assert graphed.step_graph.graph is not None, "the step was never captured"
     assert float(graphed.optimizer.param_groups[0]["lr"]) == pytest.approx(LR / 4)  # two scheduler steps
