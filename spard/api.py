@@ -23,7 +23,7 @@ from .metrics import apd
 from .model import SPARD
 from .runs import find_checkpoint
 from .samplers import SamplerOptions, draws_noise, get_sampler
-from .stages import STAGES, check_sampler
+from .stages import check_sampler, stage as stage_named
 
 MAX_DISTANCE = 1e4  # metres: roots farther from the origin lose float32 precision (1 mm at 10 km)
 ROWS_PER_CALL = 512  # sampled futures per network call when batch_size is not given (bounds working memory)
@@ -58,7 +58,7 @@ class PredictionInfo:
     num_samples: int  # K futures per history
     seed: int | None  # the noise seed (None: fresh noise, or a sampler that draws none: the published np)
     apd: np.ndarray  # [B] float64: average pairwise distance of each history's K futures (metres, the
-    #                  protocol's APD: root-relative joints, whole futures flattened; 0 when K = 1)
+    #                  protocol's APD: root-relative joints, whole futures flattened; NaN when K = 1)
 
 
 class Predictor:
@@ -78,7 +78,7 @@ class Predictor:
     def __init__(self, model: SPARD, stage: str, sampler: str | None = None):
         self.model = model.eval()
         self.stage = stage
-        self.sampler = sampler or STAGES[stage].sampler
+        self.sampler = sampler or stage_named(stage).sampler  # a one-line ValueError for an unknown stage
         get_sampler(self.sampler)
         check_sampler(stage, self.sampler)
         self.skeleton, self.kept, self.file_num_joints = dataset_layout(model.cfg.data.name, self.num_joints)
@@ -138,6 +138,9 @@ class Predictor:
             raise ValueError(f"history must be a numpy array or torch tensor, got {type(history).__name__}")
         elif not history.is_floating_point():
             raise ValueError(f"history must hold floating-point positions in metres, got dtype {history.dtype}")
+        elif history.layout != torch.strided or history.device.type == "meta":
+            raise ValueError(f"history must be a dense tensor with values (got layout {history.layout}, device "
+                             f"{history.device}); use .to_dense() or a numpy array")
         want = f"[t_his={self.t_his}, J={self.num_joints}, 3] or [B, t_his, J, 3]"
         joints = (self.num_joints, self.file_num_joints)
         if history.ndim not in (3, 4) or history.shape[-1] != 3 or history.shape[-2] not in joints:
@@ -212,7 +215,7 @@ class Predictor:
         else:
             out = torch.empty(shape, dtype=history.dtype, device=history.device)
         spread = np.empty(poses.shape[0])  # [B] APD
-        generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+        generator = None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
         random = draws_noise(self.model, name)
         for start in range(0, poses.shape[0], step):
             part = poses[start:start + step]  # [b, t_his, J, 3]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import json
 import shutil
@@ -123,11 +124,16 @@ def _train(stage, cfg, args, out_dir: Path, paths: dict, device):
     previous = load_stage_model(cfg, stage.previous.name, paths) if stage.previous else None
     model = stage.start(previous, cfg).to(device)
     if chosen and chosen[1] is not None:
-        check_resume(chosen[1], model.cfg)
+        check_resume(chosen[1], model.cfg, dataset.training_sha256())
     # everything is checked: from here on the command writes, one process at a time in this stage folder
     made = [make_folder(out_dir / stage.folder)] if dist.is_main() else []  # removed again if training cannot start
+    # locked: the stage folder this command writes its result in, and the one that holds the run it writes
+    # (a run resumed from another --out_dir); a second command on either gets a one-line error
+    locked = {f.resolve(): f for f in [out_dir / stage.folder] + ([chosen[0].parent.parent] if chosen else [])}
     try:
-        with StageLock(out_dir / stage.folder) if dist.is_main() else contextlib.nullcontext():
+        with contextlib.ExitStack() as locks:
+            for folder in locked.values() if dist.is_main() else ():
+                locks.enter_context(StageLock(folder))
             if dist.is_main() and choose_run() != chosen:
                 raise UsageError(f"{out_dir / stage.folder} changed while this command started; run it again")
             run_dir, resume_from = dist.broadcast_object(chosen)
@@ -178,8 +184,12 @@ def _evaluate(stage, cfg, args, out_dir: Path, paths: dict, device) -> dict:
     dataset = load_dataset(cfg.data, splits=("test",))  # only what it evaluates: a file of test subjects will do
     baseline = name in BASELINES
     model = (SPARD(cfg) if baseline else load_stage_model(cfg, stage.name, paths)).to(device)
+    _check_model_flags(args, model.cfg)
+    # what is evaluated: the model as trained, with this command's data, evaluation settings and guidance
+    cfg = dataclasses.replace(model.cfg, diffusion=dataclasses.replace(model.cfg.diffusion,
+                                                                       guidance=cfg.diffusion.guidance))
     log = make_logger(None, quiet=not dist.is_main())
-    _log_start(log, stage.eval_mode, model.cfg, dataset, model)
+    _log_start(log, stage.eval_mode, cfg, dataset, model)
     options = SamplerOptions.from_config(cfg, name, use_condition=args.use_condition,
                                          **({"num_samples": 1} if baseline else {}))
     classifier = load_fid_classifier(cfg.data.fid_classifier, device) if cfg.data.fid_classifier else None
@@ -211,6 +221,19 @@ def _evaluate(stage, cfg, args, out_dir: Path, paths: dict, device) -> dict:
         log.info(f"the {futures.shape[0]} x {futures.shape[1]} futures written to {args.save_predictions}")
     dist.teardown()
     return result
+
+
+def _check_model_flags(args, model_cfg) -> None:
+    """Evaluation uses the network as trained: a setting of the model given on the line (its sizes, its
+    noise predictor, its diffusion; not the guidance weight, which evaluation takes) must be the checkpoint's."""
+    from .config import fields_of, flag_of
+
+    for section in ("denoiser", "noise_predictor", "diffusion"):
+        for f, s, _ in fields_of(getattr(model_cfg, section)):
+            given, trained = getattr(args, f"{section}.{f.name}", None), getattr(getattr(model_cfg, section), f.name)
+            if given is not None and given != trained and f"{section}.{f.name}" != "diffusion.guidance":
+                raise UsageError(f"--{flag_of(f, s)} {given} differs from the checkpoint's {trained}: evaluation uses "
+                                 f"the model as trained; leave the flag out")
 
 
 def _log_start(log, mode: str, cfg, dataset, model) -> None:

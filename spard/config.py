@@ -199,9 +199,9 @@ class TrainConfig(Section):
     """Optimisation and evaluation settings shared by the three stages."""
 
     batch_size: int = setting(64, "windows per optimiser step (BatchNorm needs >= 2)", low=2)
-    num_epoch: int = setting(1000, "last epoch", low=1, changeable=True)
+    num_epoch: int = setting(1000, "last epoch", low=1, high=10**6, changeable=True)
     start_epoch: int = setting(1, "first epoch", low=1)
-    lr: float = setting(1e-4, "Adam learning rate", above=0)
+    lr: float = setting(1e-4, "Adam learning rate", above=0, high=1)
     milestones: tuple[int, ...] = setting(tuple(range(100, 1001, 100)), "epochs where the learning rate is multiplied "
                                           "by --gamma, e.g. 100,200", aliases=("milestone",), low=1)
     gamma: float = setting(0.9, "learning-rate factor at each milestone", above=0)
@@ -209,7 +209,7 @@ class TrainConfig(Section):
     mod_train: float = setting(0.5, "probability of keeping the condition in stage 1", low=0, high=1)
     per_sample_dropout: bool = setting(False, "condition dropout per window (published: one coin for the batch)")
     loss: str = setting("mae", "reconstruction error: mae (L1) or mse", choices=("mae", "mse"))
-    seed: int = setting(0, "seed of every random draw", low=0, high=2**63 - 1)
+    seed: int = setting(0, "seed of every random draw", low=0, high=2**32 - 1)
     num_samples: int = setting(50, "futures per history at evaluation", low=1, changeable=True)
     eval_batch_size: int = setting(16, "histories per evaluation batch", low=1, changeable=True)
     metrics_epoch: int = setting(50, "validation metrics every k epochs (0: never)", low=0, changeable=True)

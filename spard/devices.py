@@ -1,15 +1,13 @@
 """Torch devices named by users: checked once, here, for the command line and the Python API."""
 from __future__ import annotations
 
-import sys
-
 import torch
 
 
 def resolve_device(name: str | torch.device, *, cpu_fallback: bool = False) -> torch.device:
     """`name` as a torch device that works here, or a one-line ValueError saying why not.
 
-    `cpu_fallback`: without CUDA, a `cuda` device becomes the CPU, with a note on stderr (the published
+    `cpu_fallback`: without CUDA, a `cuda` device becomes the CPU, with a note on stdout (the published
     command line does so); otherwise that is an error.
     """
     try:
@@ -19,7 +17,7 @@ def resolve_device(name: str | torch.device, *, cpu_fallback: bool = False) -> t
     if device.type == "cuda" and not torch.cuda.is_available():
         if not cpu_fallback:
             raise ValueError(f"device {str(name)!r}: CUDA is not available here; use cpu")
-        print(f"CUDA is not available: using the CPU instead of {name}", file=sys.stderr)
+        print(f"CUDA is not available: using the CPU instead of {name}")  # a note (stdout); errors alone on stderr
         return torch.device("cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"device {str(name)!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "

@@ -105,15 +105,19 @@ def evaluate(model: SPARD, protocol: Protocol, options: SamplerOptions, *, batch
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed += time.perf_counter() - start
-        broken += int((~torch.isfinite(pred.flatten(1))).any(1).sum())
         if on_batch is not None:
             on_batch(index, pred)
         gt_multi = [protocol.gt_multi[i] for i in index.tolist()]
         apd = metrics.apd(pred)
-        meter.update(index=index.double(), APD=apd, ADE=metrics.ade(pred, gt), FDE=metrics.fde(pred, gt),
-                     MMADE=metrics.mmade(pred, gt_multi), MMFDE=metrics.mmfde(pred, gt_multi),
-                     APDE=metrics.apde(apd, protocol.gt_apd[index]))
-        motion.append(metrics.motion_per_frame(pred).cpu())
+        values = dict(APD=apd, ADE=metrics.ade(pred, gt), FDE=metrics.fde(pred, gt), MMADE=metrics.mmade(pred, gt_multi),
+                      MMFDE=metrics.mmfde(pred, gt_multi), APDE=metrics.apde(apd, protocol.gt_apd[index]))
+        moved = metrics.motion_per_frame(pred)  # [B, t_pred - 1]
+        # a window is broken when its futures are not finite, or so large that a metric overflows to inf
+        bad = ~torch.isfinite(pred.flatten(1)).all(1) | torch.isinf(torch.stack([*values.values(), *moved.T], 1)).any(1)
+        broken += int(bad.sum())
+        moved = moved.cpu()
+        meter.update(index=index.double(), **values)
+        motion.append(moved)
         if protocol.fid_classifier is not None:
             pred_features.append(protocol.fid_classifier.features(pred.flatten(0, 1)).cpu())
             gt_features.append(protocol.fid_classifier.features(gt).cpu())
@@ -121,8 +125,9 @@ def evaluate(model: SPARD, protocol: Protocol, options: SamplerOptions, *, batch
     gathered = dist.gather_objects((meter.state(), motion, pred_features, gt_features, elapsed, broken))
     broken = sum(g[-1] for g in gathered)
     if broken:
-        raise ValueError(f"{broken} of {len(protocol)} windows got non-finite (NaN or inf) futures from the "
-                         f"{options.name} sampler: the model is broken (did its training diverge?); no metric computed")
+        raise ValueError(f"{broken} of {len(protocol)} windows got non-finite (NaN or inf) futures, or futures so far "
+                         f"off that a metric overflows, from the {options.name} sampler: the model is broken (did its "
+                         f"training diverge?); no metric computed")
     total = metrics.MetricMeter()
     all_motion, all_pred_f, all_gt_f = [], [], []
     for state, m, pf, gf, _, _ in gathered:

@@ -42,7 +42,8 @@ def _expect_pair(pred: Tensor, gt: Tensor) -> None:
 # Per-window metrics -> [B]
 
 def apd(pred: Tensor) -> Tensor:
-    """Average pairwise distance: 2/(S(S-1)) * sum_{s<s'} ||vec(x_s) - vec(x_s')||, 0 when S = 1.
+    """Average pairwise distance: 2/(S(S-1)) * sum_{s<s'} ||vec(x_s) - vec(x_s')||; NaN (n/a) when S = 1: one
+    future has no pair (the published meter counted it as 0).
 
     vec() flattens a whole sample (t_pred * D numbers). torch.cdist as published (for S > 25 it
     uses the matmul form |a|^2 + |b|^2 - 2ab).
@@ -50,7 +51,7 @@ def apd(pred: Tensor) -> Tensor:
     _expect(pred, "B, S, t_pred, D", "pred")
     b, s = pred.shape[:2]
     if s == 1:
-        return pred.new_zeros(b)
+        return pred.new_full((b,), float("nan"))
     flat = pred.reshape(b, s, -1)  # [B, S, t_pred*D]
     dist = torch.cdist(flat, flat)  # [B, S, S]
     i, j = torch.triu_indices(s, s, offset=1, device=pred.device)

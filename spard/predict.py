@@ -159,5 +159,6 @@ def run(args) -> Path:
               f"(e.g. {short[0][0]}: {short[0][1]})")
     print(f"read {args.input}: {'; '.join(notes)}; units {frame.units()}, {frame.up} up")
     print(f"wrote {out}: {len(windows)} windows x {k} futures of {len(skeleton.names)} joints, {target.fps:g} fps, "
-          f"sampler {predictor.last.sampler}, mean APD {predictor.last.apd.mean():.3f} m")
+          f"sampler {predictor.last.sampler}, " + (f"mean APD {predictor.last.apd.mean():.3f} m" if k > 1 else
+                                                     "APD n/a (one future each)"))
     return out

@@ -141,10 +141,15 @@ def resume_conflicts(saved: Config, now: Config) -> list[str]:
     return differ
 
 
-def check_resume(path: Path, cfg: Config) -> None:
+def check_resume(path: Path, cfg: Config, data_sha256: str | None = None) -> None:
     """A one-line RunError unless the run checkpoint `path` was made with `cfg`'s settings (up to those a
-    resumed run may change)."""
+    resumed run may change) and, when it records one, from training data of fingerprint `data_sha256`
+    (`Dataset.training_sha256`: the data path may change, the data may not)."""
     state = read_file(path)
+    saved_data = state.get("data_sha256") if isinstance(state, dict) else None
+    if data_sha256 is not None and saved_data is not None and saved_data != data_sha256:
+        raise RunError(f"{path.parent} was trained on other data than {cfg.data.data_dir} holds now: resume it with "
+                       f"its data, or start a new run with --no_resume")
     try:
         saved = Config.from_dict(state["config"])
     except (KeyError, TypeError, ValueError) as e:

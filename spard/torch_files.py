@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,7 +21,9 @@ class UnreadableTorchFile(Exception):
 def load_tensors(path: str | Path, map_location="cpu"):
     """`torch.load(path, weights_only=True)`, its refusals as `UnreadableTorchFile`."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes (e.g. on TorchScript archives): the refusal says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling refused, truncated zip, not a torch file, ...
         raise _refusal(str(e)) from None
 

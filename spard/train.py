@@ -118,6 +118,7 @@ class Trainer:
             self.step_loss = torch.compile(self.step_loss, mode="default" if self.graphed else tc.compile)
         self.step_graph = StepGraph(self._step) if self.graphed else None
         self.start_epoch, self.best = tc.start_epoch, math.inf
+        self.data_sha256 = dataset.training_sha256()
         if resume_from is not None:
             self._resume(resume_from)
         self.tb = None
@@ -173,12 +174,12 @@ class Trainer:
             count += len(batch.poses)
             bar.update()
         bar.close()
-        self.scheduler.step()
         totals = dist.gather_objects((float(total), count))  # one host sync per epoch
         steps = sum(c for _, c in totals)
         if steps == 0:
             raise TrainingError(f"epoch {epoch} made no optimiser step: {len(self.windows)} training windows, batch "
                                 f"size {tc.batch_size} (BatchNorm needs 2 windows a batch); lower --stride or give more data")
+        self.scheduler.step()
         return sum(t for t, _ in totals) / steps
 
     @torch.no_grad()
@@ -203,13 +204,19 @@ class Trainer:
         rng = _rng_state(self.generator) if resumable else None  # gathered from every rank
         if dist.is_main():
             state = dict(optimizer=self.optimizer, scheduler=self.scheduler, rng=rng) if resumable else {}
-            save_checkpoint(path, self.model, self.stage.name, epoch=epoch, **state,
-                            extra={"finished": finished, "best_val_loss": self.best})
+            extra = {"finished": finished, "best_val_loss": self.best}
+            if resumable:
+                extra["data_sha256"] = self.data_sha256  # a resume checks that it sees the same data
+            save_checkpoint(path, self.model, self.stage.name, epoch=epoch, **state, extra=extra)
 
     def _resume(self, path: Path) -> None:
         state = read_file(path, map_location="cpu")
         if state.get("stage") != self.stage.name:
             raise ValueError(f"--resume {path} is a '{state.get('stage')}' run, not '{self.stage.name}'")
+        epoch, best = state.get("epoch"), state.get("best_val_loss")
+        if not (type(epoch) is int and epoch >= 0 and type(best) in (int, float) and not math.isnan(best)):
+            raise RunError(f"{path} is damaged (epoch {epoch!r}, best_val_loss {best!r}); resume from an intact "
+                           f"copy or start a new run with --no_resume")
         load_state(self.model, state["model"], str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # a checkpoint of either kind resumes with either
@@ -234,10 +241,13 @@ class Trainer:
             start = time.time()
             train_loss = self.train_epoch(epoch)
             val_loss = self.validation_loss()
-            if not math.isfinite(train_loss) or (len(self.val_windows) and not math.isfinite(val_loss)):
+            broken = self.non_finite_weights()
+            if broken or not math.isfinite(train_loss) or (len(self.val_windows) and not math.isfinite(val_loss)):
+                kept = (f"its last good checkpoint stays in {self.run_dir} and is not made the stage result"
+                        if self.run_dir is not None and (self.run_dir / "last.pt").is_file() else "nothing is saved")
                 raise TrainingError(f"training diverged at epoch {epoch} (train loss {train_loss}, validation loss "
-                                    f"{val_loss}): the run stops; its last good checkpoint stays in {self.run_dir} "
-                                    f"and is not made the stage result; try a lower --lr, or check the data")
+                                    f"{val_loss}" + (f", non-finite weights in {broken}" if broken else "") +
+                                    f"): the run stops; {kept}; try a lower --lr, or check the data")
             lr = float(self.optimizer.param_groups[0]["lr"])
             self.log.info(f"====> Epoch: {epoch} Time: {time.time() - start:.2f} Train Loss: {train_loss} "
                           f"Val Loss: {val_loss} lr: {lr:.5f}")
@@ -261,6 +271,14 @@ class Trainer:
             if last or epoch % max(tc.checkpoint_every, 1) == 0:
                 self._save(self.run_dir / "last.pt", epoch, finished=last)
         return self.finish()
+
+    def non_finite_weights(self) -> str:
+        """The first parameter or buffer of the model holding NaN or inf ("" when all are finite): a loss can
+        stay finite while the last step's update blows weights up."""
+        for name, t in [*self.model.named_parameters(), *self.model.named_buffers()]:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return name
+        return ""
 
     def validation_metrics(self, epoch: int) -> dict:
         """The eight metrics of the stage's sampler on the validation windows (logged, and in TensorBoard)."""

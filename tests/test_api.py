@@ -172,7 +172,7 @@ def test_last_tells_sampler_and_diversity(h36m):
     np.testing.assert_allclose(last.apd, apd(relative).numpy(), rtol=1e-5)
     assert (last.apd > 0).all()
     h36m.predict(history, num_samples=1)
-    assert (h36m.last.sampler, h36m.last.seed, h36m.last.apd.tolist()) == ("np", 0, [0.0, 0.0, 0.0])
+    assert (h36m.last.sampler, h36m.last.seed) == ("np", 0) and np.isnan(h36m.last.apd).all()  # one future: no APD
     # the default noise predictor adds noise: more than K futures, following the seed
     k = h36m.model.cfg.noise_predictor.k
     many = h36m.predict(history, num_samples=k + 3, seed=4)

@@ -244,3 +244,12 @@ def test_a_test_only_folder_gives_the_test_protocol_of_the_full_folder(stores):
         np.testing.assert_array_equal(getattr(test, field), getattr(full, field))
     with pytest.raises(FileNotFoundError, match="ACCAD/poses.zarr not found"):
         load_dataset(amass_cfg(root))
+
+
+@pytest.mark.parametrize("rows", [[[0, 200], [0, 200]], [[0, 150], [100, 200]], [[100, 200], [0, 120]]])
+def test_files_that_share_rows_are_refused(tmp_path, rows):
+    """Each file's rows are its own: a file listed twice, or two overlapping ranges, would count motion twice."""
+    write_dataset(tmp_path, "ACCAD", [200])
+    write_array(tmp_path / "ACCAD" / "poses_index.zarr", np.array(rows, dtype=np.int64), (1000, 2))
+    with pytest.raises(ValueError, match=r"poses_index\.zarr: files 0 and 1 share rows of poses\.zarr"):
+        read_dataset(tmp_path, "ACCAD")

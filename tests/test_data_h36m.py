@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -215,6 +216,13 @@ def test_classes_json_must_be_unambiguous(tmp_path):
     ds = load_dataset(tiny_cfg(tmp_path))
     assert ds.classes == ["Walk", "Sit"] and ds.test_labels.tolist() == [0] * 4 + [1] * 3
     np.testing.assert_array_equal(ds.cmd_reference, [0.25, np.nan])
+    for motion, shown in (("[-0.5, 0.2]", "-0.5"), ("[NaN, 0.2]", "nan"), ("[1e999, 0.2]", "inf"), ("[0, 0.2]", "0"),
+                          ('["0.1", 0.2]', "'0.1'")):  # a reference is a positive number (m/frame) or null
+        classes.write_text('{"classes": ["Walk", "Sit"], "mean_motion_per_class": ' + motion + "}")
+        one_line_error(ValueError, rf"classes\.json: mean_motion_per_class holds {re.escape(shown)}; each class's mean "
+                                   r"motion is a positive number", tiny_cfg(tmp_path))
+    classes.write_text('{"classes": ["Walk", null]}')
+    one_line_error(ValueError, r"classes\.json: every class must be a non-empty name", tiny_cfg(tmp_path))
 
 
 def test_positions_must_be_metres(tmp_path):
@@ -293,3 +301,13 @@ def test_class_ids_come_from_the_test_subjects(tmp_path):
     np.testing.assert_array_equal(test.test_labels, full.test_labels)
     np.testing.assert_array_equal(test.cmd_reference, full.cmd_reference[:2])
     assert np.isnan(full.cmd_reference[2])
+
+
+def test_offsets_from_a_distant_root_are_exact():
+    """Joints are made relative to the root before rounding to float32: 3,000 km from the origin (float32
+    steps of 0.25 m there) they keep their millimetres."""
+    from spard.data.skeletons import root_relative
+
+    body = np.random.default_rng(0).normal(0, 0.3, (5, 17, 3))
+    got = root_relative(body + 3e6, "far away")
+    np.testing.assert_allclose(got[:, 1:], body[:, 1:] - body[:, :1], atol=1e-6)

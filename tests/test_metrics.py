@@ -131,8 +131,9 @@ def test_apd_three_samples():
     close(M.apd(pred), [(3 + math.sqrt(5)) / 3])
 
 
-def test_apd_one_sample_is_zero():
-    assert M.apd(torch.randn(4, 1, 10, 6)).tolist() == [0.0] * 4
+def test_apd_of_one_sample_is_not_a_number():
+    """One future has no pair: n/a (NaN, which the averaging leaves out), not a diversity of 0."""
+    assert torch.isnan(M.apd(torch.randn(4, 1, 10, 6))).all()
 
 
 def test_apd_many_samples_matches_pdist():

@@ -548,11 +548,22 @@ def predictor():
     (np.zeros((25, 17, 3)), {"batch_size": 0}, r"batch_size must be a positive integer"),
     (np.zeros((25, 17, 3)), {"seed": "x"}, r"seed must be an integer or None"),
     (np.zeros((25, 17, 3)), {"sampler": "magic"}, r"unknown sampler 'magic'"),
+    (torch.zeros(25, 17, 3).to_sparse(), {}, r"history must be a dense tensor with values \(got layout torch\.sparse_coo"),
+    (torch.zeros(25, 17, 3, device="meta"), {}, r"history must be a dense tensor with values \(got layout torch\.strided, "
+                                                r"device meta\)"),
 ])
 def test_predict_refuses_bad_input_in_one_line(predictor, history, options, message):
     with pytest.raises(ValueError, match=message) as info:
         predictor.predict(history, **options)
     assert "\n" not in str(info.value)
+
+
+def test_unknown_stage_and_numpy_seeds(predictor):
+    with pytest.raises(ValueError, match="unknown stage 'bogus'; expected one of base, distill, np"):
+        Predictor(predictor.model, "bogus")
+    history = np.zeros((25, 17, 3))
+    np.testing.assert_array_equal(predictor.predict(history, 2, sampler="onestep", seed=np.uint64(2**64 - 1)),
+                                  predictor.predict(history, 2, sampler="onestep", seed=2**64 - 1))
 
 
 def test_np_sampler_needs_an_np_checkpoint(predictor):

@@ -206,3 +206,97 @@ def test_a_bad_config_file_is_one_line_and_writes_nothing(data, tmp_path, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert tree(tmp_path) == before
+
+
+def test_a_run_resumed_from_another_out_dir_waits_for_its_holder(data, tmp_path, capsys):
+    """The lock covers the stage folder holding the run written, not only --out_dir's."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    interrupted(data, a, capsys)
+    before = tree(tmp_path)
+    with StageLock(a / "train"):  # the command that trains in a's run folder is still running
+        assert main(train_args(data, b, "--resume", str(a / "train" / "runs" / "001"))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{a / 'train'} is in use by process" in err
+    assert tree(tmp_path) == before
+
+
+def test_resuming_on_other_data_is_refused(data, tmp_path, capsys):
+    """--data_dir may move (a changeable setting), but a resumed run must see the same training data."""
+    interrupted(data, tmp_path / "out", capsys)
+    write_gsps(tmp_path / "other", seed=1)
+    before = tree(tmp_path / "out")
+    args = train_args(data, tmp_path / "out", "--num_epoch", "2")
+    args[args.index("--data_dir") + 1] = str(tmp_path / "other")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was trained on other data than" in err and "--no_resume" in err
+    assert tree(tmp_path / "out") == before
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "data_3d_h36m.npz").hardlink_to(data / "data_3d_h36m.npz")  # the same data elsewhere
+    args[args.index("--data_dir") + 1] = str(moved)
+    assert main(args) == 0 and "resuming" in capsys.readouterr().out
+
+
+def test_a_damaged_run_checkpoint_is_refused_before_anything_is_written(data, tmp_path, capsys):
+    interrupted(data, tmp_path, capsys)
+    last = tmp_path / "train" / "runs" / "001" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state["best_val_loss"] = "x"
+    torch.save(state, last)
+    before = tree(tmp_path)
+    assert main(train_args(data, tmp_path, "--num_epoch", "2")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is damaged (epoch 1, best_val_loss 'x')" in err
+    assert tree(tmp_path) == before
+
+
+def test_weights_blown_up_by_the_last_step_are_not_promoted(data, tmp_path, capsys):
+    """The loss of an epoch is measured before its last update: the weights themselves are checked too."""
+    from spard.train import Trainer
+    from spard.runs import make_logger
+    from spard.data import load_dataset
+
+    cfg = dataclasses.replace(tiny_config(), data=dataclasses.replace(tiny_config().data, data_dir=str(data)))
+    trainer = Trainer(cfg, "base", SPARD(cfg), load_dataset(cfg.data), run_dir=None, out_dir=None,
+                      device=torch.device("cpu"), logger=make_logger(None, quiet=True), progress=False)
+    assert trainer.non_finite_weights() == ""
+    with torch.no_grad():
+        trainer.model.denoiser.gcn.gc1.weight[0, 0] = float("inf")
+    assert trainer.non_finite_weights() == "denoiser.gcn.gc1.weight"
+    trainer.train_epoch = lambda epoch: 0.5  # a finite loss, as when only the last update blew up
+    trainer.validation_loss = lambda: 0.5
+    with pytest.raises(ValueError, match=r"training diverged at epoch 1 \(train loss 0\.5, validation loss 0\.5, "
+                                         r"non-finite weights in denoiser\.gcn\.gc1\.weight\).*nothing is saved"):
+        trainer.fit()
+
+
+def test_metrics_that_overflow_are_not_numbers(data, tmp_path, capsys):
+    """Finite futures so far off that a distance overflows float32 get no metric either."""
+    model = SPARD(tiny_config())
+    with torch.no_grad():
+        model.denoiser.out.bias.fill_(1e36)
+    checkpoints.save_checkpoint(tmp_path / "far.pt", model, "base")
+    args = ["eval", "--cfg", "h36m", "--device", "cpu", "--no_progress", "--data_dir", str(data), "--out_dir",
+            str(tmp_path / "out"), "--num_samples", "2", "--sample", "onestep", "--ckpt", str(tmp_path / "far.pt")]
+    assert main(args) == 2
+    assert "or futures so far off that a metric overflows" in capsys.readouterr().err
+    assert not list((tmp_path / "out").rglob("*.json"))
+
+
+def test_evaluation_refuses_model_settings_other_than_the_checkpoints(data, tmp_path, capsys):
+    assert main(train_args(data, tmp_path)) == 0
+    capsys.readouterr()
+    args = ["eval", "--cfg", "h36m", "--device", "cpu", "--no_progress", "--data_dir", str(data), "--out_dir",
+            str(tmp_path), "--num_samples", "2", *TINY]
+    for flag, value in (("--np_noise", "50"), ("--noise_steps", "20"), ("--latent_dim", "32")):
+        assert main(args + [flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{flag} {float(value) if flag == '--np_noise' else value} differs from the " \
+                                         f"checkpoint's" in err
+    assert not (tmp_path / "eval").exists()
+    assert main(args + ["--guidance", "0.5", "--json", str(tmp_path / "m.json")]) == 0  # evaluation's own setting
+    import json
+
+    recorded = json.loads((tmp_path / "m.json").read_text())["config"]
+    assert recorded["diffusion"]["guidance"] == 0.5 and recorded["denoiser"]["latent_dim"] == 16  # what was evaluated

@@ -60,6 +60,12 @@ def read_dataset(root: Path, name: str) -> list[tuple[tuple[str, str], np.ndarra
     if not ((0 <= starts) & (starts <= ends) & (ends <= len(positions))).all():
         raise ValueError(f"{folder / 'poses_index.zarr'} must hold [start, end) row ranges "
                          f"within the {len(positions)} rows of poses.zarr")
+    order = np.argsort(starts, kind="stable")
+    shared = np.nonzero(starts[order][1:] < ends[order][:-1])[0]  # a file starting before the previous one ends
+    if len(shared):
+        a, b = sorted(order[shared[0]:shared[0] + 2].tolist())
+        raise ValueError(f"{folder / 'poses_index.zarr'}: files {a} and {b} share rows of poses.zarr "
+                         f"({index[a].tolist()}, {index[b].tolist()}); each file's rows must be its own")
     return [((name, str(n)), root_relative(positions[start:end], f"{folder / 'poses.zarr'} file_idx {n}"))
             for n, (start, end) in enumerate(index.tolist())]
 

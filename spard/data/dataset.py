@@ -54,3 +54,14 @@ class Dataset:
     # published table, else each class's mean motion in the test windows; None (a Dataset built by hand): evaluation
     # computes the latter
     notes: list[str] = field(default_factory=list)  # what the reader skipped or assumed, for the log
+
+    def training_sha256(self) -> str:
+        """A fingerprint of what training reads (the training and validation clips: keys, labels, poses): a
+        resumed run must see the same data, wherever the files now are."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for clip in self.train + self.val:
+            digest.update(repr((clip.key, clip.label, clip.poses.shape)).encode())
+            digest.update(np.ascontiguousarray(clip.poses).tobytes())
+        return digest.hexdigest()

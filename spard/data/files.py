@@ -19,6 +19,7 @@ import json
 import math
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -259,7 +260,9 @@ class ZarrArray:
                                  "zeros; copy or convert the store again")
         zarr = _zarr()
         try:
-            return zarr.open_array(str(self.path), mode="r", zarr_format=self.zarr_format)[...]
+            with warnings.catch_warnings():  # zarr's notes on odd metadata: a failure is one line below
+                warnings.simplefilter("ignore")
+                return zarr.open_array(str(self.path), mode="r", zarr_format=self.zarr_format)[...]
         except Exception as e:  # noqa: BLE001 - corrupt or truncated chunks, ...
             raise ValueError(f"{self.path} cannot be read as a zarr array ({first_line(e)}): {fix}") from None
 

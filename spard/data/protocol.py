@@ -119,21 +119,24 @@ def read_classes(path: Path) -> tuple[list[str], np.ndarray]:
     spec = read_json(path, "fix it or remove the file")
     if not isinstance(spec, dict) or not isinstance(spec.get("classes"), list):
         raise ValueError(f"{path}: expected a JSON object with a 'classes' list (and 'mean_motion_per_class')")
-    classes = [str(c) for c in spec["classes"]]
+    if not all(isinstance(c, str) and c.strip() for c in spec["classes"]):
+        raise ValueError(f"{path}: every class must be a non-empty name (text); fix the 'classes' list")
+    classes = list(spec["classes"])
     twice = first_repeated(classes)
     if twice is not None:
         raise ValueError(f"{path}: class {shown(twice)!r} is listed twice; list each class once (its position is "
                          "its id)")
-    motion = spec.get("mean_motion_per_class") or [None] * len(classes)
+    motion = spec.get("mean_motion_per_class")
+    motion = [None] * len(classes) if motion is None else motion
     if not isinstance(motion, list) or len(motion) != len(classes):
         raise ValueError(f"{path}: mean_motion_per_class must be a list of {len(classes)} numbers or nulls, "
                          f"one per class")
-    try:
-        if not all(m is None or (isinstance(m, (int, float)) and not isinstance(m, bool)) for m in motion):
-            raise TypeError
-        return classes, np.array([math.nan if m is None else float(m) for m in motion], dtype=np.float64)
-    except (TypeError, OverflowError):
-        raise ValueError(f"{path}: mean_motion_per_class must hold numbers (m/frame) or null") from None
+    bad = [m for m in motion if m is not None and not (isinstance(m, (int, float)) and not isinstance(m, bool)
+                                                       and math.isfinite(m) and m > 0)]
+    if bad:
+        raise ValueError(f"{path}: mean_motion_per_class holds {bad[0]!r}; each class's mean motion is a positive "
+                         f"number (m/frame) or null (no CMD reference)")
+    return classes, np.array([math.nan if m is None else float(m) for m in motion], dtype=np.float64)
 
 
 def choose_classes(cfg: DataConfig, folder: Path, default: list[str],

@@ -97,8 +97,9 @@ def root_relative(positions: np.ndarray, where: str) -> np.ndarray:
         raise ValueError(f"{where} holds {positions.dtype} positions, expected floats in metres (integers are "
                          "usually millimetres): convert to metres as floats")
     with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf, refused below
-        poses = np.array(positions, dtype=np.float32)  # [L, J+1, 3] (a copy)
-        poses[:, 1:] -= poses[:, :1]
+        poses = np.array(positions, dtype=np.float64)  # [L, J+1, 3] (a copy): the joints' offsets from the root
+        poses[:, 1:] -= poses[:, :1]                   # taken before rounding, exact however far the root is
+        poses = poses.astype(np.float32)
     if not np.isfinite(poses).all():
         raise ValueError(f"{where} contains NaN or inf positions: repair or drop this sequence")
     with np.errstate(over="ignore"):  # a square beyond float32: inf, refused below
