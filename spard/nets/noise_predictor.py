@@ -39,6 +39,8 @@ class NoisePredictor(nn.Module):
             return maps[:, :num]
         if z is None:
             raise ValueError(f"a noise predictor with --np_noise {self.cfg.noise} needs noise draws z [B, num, n_pre, D]")
-        picked = maps[:, torch.arange(num, device=maps.device) % k]
+        # training asks for the K maps themselves: no index tensor then, whose backward adds atomically on a GPU, in
+        # no fixed order, which can change which map wins a window's minimum from one run to the next
+        picked = maps if num == k else maps[:, torch.arange(num, device=maps.device) % k]  # [B, num, n_pre, D]
         return picked + self.cfg.noise * z
 
