@@ -184,7 +184,7 @@ def _evaluate(stage, cfg, args, out_dir: Path, paths: dict, device) -> dict:
     dataset = load_dataset(cfg.data, splits=("test",))  # only what it evaluates: a file of test subjects will do
     baseline = name in BASELINES
     model = (SPARD(cfg) if baseline else load_stage_model(cfg, stage.name, paths)).to(device)
-    _check_model_flags(args, model.cfg)
+    _check_model_flags(args, model.cfg, ("denoiser", "diffusion") + (("noise_predictor",) if name == "np" else ()))
     # what is evaluated: the model as trained, with this command's data, evaluation settings and guidance
     cfg = dataclasses.replace(model.cfg, diffusion=dataclasses.replace(model.cfg.diffusion,
                                                                        guidance=cfg.diffusion.guidance))
@@ -223,12 +223,13 @@ def _evaluate(stage, cfg, args, out_dir: Path, paths: dict, device) -> dict:
     return result
 
 
-def _check_model_flags(args, model_cfg) -> None:
-    """Evaluation uses the network as trained: a setting of the model given on the line (its sizes, its
-    noise predictor, its diffusion; not the guidance weight, which evaluation takes) must be the checkpoint's."""
+def _check_model_flags(args, model_cfg, sections: tuple[str, ...]) -> None:
+    """Evaluation uses the networks as trained: a setting of the model's `sections` given on the line (its sizes,
+    its noise predictor when the np sampler runs, its diffusion; not the guidance weight, which evaluation
+    takes) must be the checkpoint's."""
     from .config import fields_of, flag_of
 
-    for section in ("denoiser", "noise_predictor", "diffusion"):
+    for section in sections:
         for f, s, _ in fields_of(getattr(model_cfg, section)):
             given, trained = getattr(args, f"{section}.{f.name}", None), getattr(getattr(model_cfg, section), f.name)
             if given is not None and given != trained and f"{section}.{f.name}" != "diffusion.guidance":

@@ -280,9 +280,9 @@ CASES = [
          r"FID classifier .*base\.pt does not fit ClassifierForFID \(.*\); give the published h36m_classifier\.pth"),
     # --- flags
     Case("zero epochs", [*TRAIN, "--data_dir", "{data}", "--num_epoch", "0"],
-         r"--num_epoch must be >= 1, got 0"),
+         r"--num_epoch must be >= 1 and <= 1e\+06, got 0"),
     Case("negative epochs", [*TRAIN, "--data_dir", "{data}", "--num_epoch", "-3"],
-         r"--num_epoch must be >= 1, got -3"),
+         r"--num_epoch must be >= 1 and <= 1e\+06, got -3"),
     Case("zero batch size", [*TRAIN, "--data_dir", "{data}", "--batch_size", "0"],
          r"--batch_size must be >= 2, got 0"),
     Case("zero div_k", [*TRAIN, "--data_dir", "{data}", "--div_k", "0"], r"--div_k must be >= 1, got 0"),

@@ -279,11 +279,14 @@ def test_evaluation_refuses_model_settings_other_than_the_checkpoints(data, tmp_
     capsys.readouterr()
     args = ["eval", "--cfg", "h36m", "--device", "cpu", "--no_progress", "--data_dir", str(data), "--out_dir",
             str(tmp_path), "--num_samples", "2", *TINY]
-    for flag, value in (("--np_noise", "50"), ("--noise_steps", "20"), ("--latent_dim", "32")):
+    for flag, value in (("--noise_steps", "20"), ("--latent_dim", "32")):
         assert main(args + [flag, value]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and f"{flag} {float(value) if flag == '--np_noise' else value} differs from the " \
-                                         f"checkpoint's" in err
+        assert err.count("\n") == 1 and f"{flag} {value} differs from the checkpoint's" in err
+    checkpoints.save_checkpoint(tmp_path / "np.pt", SPARD(tiny_config()), "np")  # the noise predictor, when it samples
+    assert main(["np_eval", *args[1:-len(TINY)], "--np_ckpt", str(tmp_path / "np.pt"), "--np_noise", "50"]) == 2
+    assert "--np_noise 50.0 differs from the checkpoint's 1.0: evaluation uses the model as trained" in \
+        capsys.readouterr().err
     assert not (tmp_path / "eval").exists()
     assert main(args + ["--guidance", "0.5", "--json", str(tmp_path / "m.json")]) == 0  # evaluation's own setting
     import json
