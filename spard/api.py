@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +188,14 @@ class Predictor:
         check_sampler(self.stage, name)
         return SamplerOptions.from_config(self.model.cfg, name, num_samples=num_samples)
 
+    def _samples_per_call(self, name: str, num_samples: int) -> int:
+        """Futures of one history per network call: all of them, or for many about ROWS_PER_CALL (for the np
+        sampler a multiple of K, so that each call cycles through the K maps from the first as one call would)."""
+        if num_samples <= ROWS_PER_CALL:
+            return num_samples
+        k = self.model.cfg.noise_predictor.k if name == "np" else 1
+        return max(k, ROWS_PER_CALL // k * k)
+
     def _noise(self, windows: int, num_samples: int, generator) -> torch.Tensor:
         """Starting noise `[K, windows, n_pre, D]`, drawn window by window so that a window's noise depends on
         the seed and its place in the batch, not on how the batch is cut into network calls."""
@@ -200,15 +209,16 @@ class Predictor:
 
         Returns the input's type and dtype (numpy in, numpy out). `seed` fixes the noise of the samplers
         (None: fresh noise); the published noise predictor (`--np_noise 0`) draws none: its np futures are
-        a deterministic function of the history. Histories go through
-        the network `batch_size` at a time (default: about 512 futures per call) and their futures are
-        written into one preallocated array, so memory stays near the size of the result. `self.last`
-        then tells the sampler used and the APD of each history's futures.
+        a deterministic function of the history. Histories go through the network `batch_size` at a time
+        (default: about 512 futures per call; many futures of one history are split the same way) and their
+        futures are written into one preallocated array, so memory stays near the size of the result.
+        `self.last` then tells the sampler used and the APD of each history's futures.
         """
         poses = self._check(history)  # [B, t_his, J, 3] float32 on the model's device
         name = sampler or self.sampler
         options = self._options(name, num_samples, batch_size, seed)
-        step = batch_size or max(1, ROWS_PER_CALL // num_samples)
+        step = batch_size or max(1, ROWS_PER_CALL // num_samples)  # histories per network call
+        per_call = self._samples_per_call(name, num_samples)  # and futures of one history per call
         shape = (poses.shape[0], num_samples, self.t_pred, self.num_joints, 3)
         if isinstance(history, np.ndarray):
             out = np.empty(shape, dtype=history.dtype)
@@ -219,26 +229,30 @@ class Predictor:
         random = draws_noise(self.model, name)
         for start in range(0, poses.shape[0], step):
             part = poses[start:start + step]  # [b, t_his, J, 3]
-            root = part[:, -1:, :1]  # [b, 1, 1, 3] the last observed root
+            root = part[:, -1:, :1][:, None]  # [b, 1, 1, 1, 3] the last observed root
             relative = (part[:, :, 1:] - part[:, :, :1]).flatten(-2)  # [b, t_his, D]
-            noise = self._noise(part.shape[0], num_samples, generator) if random else None
-            future = options.sample(self.model, relative, noise=noise)[:, :, self.t_his:]  # [b, K, t_pred, D]
-            spread[start:start + len(part)] = apd(future).double().cpu().numpy()
-            future = future.unflatten(-1, (-1, 3))  # [b, K, t_pred, J-1, 3] root-relative
+            noise = self._noise(part.shape[0], num_samples, generator) if random else None  # [K, b, n_pre, D]
             dst = out[start:start + len(part)]  # [b, K, t_pred, J, 3], filled in place
-            if isinstance(dst, np.ndarray):
-                future, root = future.cpu().numpy(), root[:, None].cpu().numpy()  # root [b, 1, 1, 1, 3]
-                dst[..., :1, :] = root
-                np.add(future, root, out=dst[..., 1:, :])
-                finite = np.isfinite(dst).all()
-            else:
-                root = root[:, None]  # [b, 1, 1, 1, 3]
-                dst[..., :1, :] = root
-                dst[..., 1:, :] = future + root
-                finite = bool(torch.isfinite(dst).all())
+            for lo in range(0, num_samples, per_call):
+                hi = min(lo + per_call, num_samples)
+                future = dataclasses.replace(options, num_samples=hi - lo).sample(
+                    self.model, relative, noise=None if noise is None else noise[lo:hi])[:, :, self.t_his:]
+                future = future.unflatten(-1, (-1, 3))  # [b, k, t_pred, J-1, 3] root-relative
+                if isinstance(dst, np.ndarray):
+                    dst[:, lo:hi, :, :1] = root.cpu().numpy()
+                    np.add(future.cpu().numpy(), dst[:, lo:hi, :, :1], out=dst[:, lo:hi, :, 1:])
+                else:
+                    dst[:, lo:hi, :, :1] = root
+                    dst[:, lo:hi, :, 1:] = future + root
+            finite = np.isfinite(dst).all() if isinstance(dst, np.ndarray) else bool(torch.isfinite(dst).all())
             if not finite:
                 raise ValueError(f"the model returned non-finite futures (sampler {name}, history {start} or after): "
                                  f"its weights may be damaged; retrain or use an intact checkpoint")
+            moved = dst[..., 1:, :] - dst[..., :1, :]  # [b, K, t_pred, J-1, 3] root-relative, as the protocol's APD
+            if isinstance(moved, np.ndarray):
+                moved = torch.from_numpy(moved.astype(np.float32, copy=False))
+            moved = moved.to(self.device, torch.float32).flatten(-2)  # [b, K, t_pred, D]
+            spread[start:start + len(part)] = apd(moved, block=ROWS_PER_CALL).double().cpu().numpy()
         self.last = PredictionInfo(sampler=name, num_samples=num_samples, seed=seed if random else None,
                                    apd=spread)
         return out

@@ -41,21 +41,32 @@ def _expect_pair(pred: Tensor, gt: Tensor) -> None:
 # ------------------------------------------------------------------------------------------------
 # Per-window metrics -> [B]
 
-def apd(pred: Tensor) -> Tensor:
+def apd(pred: Tensor, block: int | None = None) -> Tensor:
     """Average pairwise distance: 2/(S(S-1)) * sum_{s<s'} ||vec(x_s) - vec(x_s')||; NaN (n/a) when S = 1: one
     future has no pair (the published meter counted it as 0).
 
     vec() flattens a whole sample (t_pred * D numbers). torch.cdist as published (for S > 25 it
-    uses the matmul form |a|^2 + |b|^2 - 2ab).
+    uses the matmul form |a|^2 + |b|^2 - 2ab). `block`: at most that many rows of the S x S distances
+    at a time (memory B x block x S instead of B x S x S, for many futures; the sum in float64).
     """
     _expect(pred, "B, S, t_pred, D", "pred")
     b, s = pred.shape[:2]
     if s == 1:
         return pred.new_full((b,), float("nan"))
     flat = pred.reshape(b, s, -1)  # [B, S, t_pred*D]
-    dist = torch.cdist(flat, flat)  # [B, S, S]
-    i, j = torch.triu_indices(s, s, offset=1, device=pred.device)
-    return dist[:, i, j].mean(-1)
+    if block is None or s <= block:
+        dist = torch.cdist(flat, flat)  # [B, S, S]
+        i, j = torch.triu_indices(s, s, offset=1, device=pred.device)
+        return dist[:, i, j].mean(-1)
+    total = torch.zeros(b, dtype=torch.float64, device=pred.device)
+    later = torch.arange(s, device=pred.device)
+    square = torch.linalg.vector_norm(flat, dim=-1).square()  # [B, S]: cdist's matmul form, no copy of the rows
+    for lo in range(0, s, block):
+        rows = later[lo:lo + block]
+        dot = flat[:, lo:lo + block] @ flat.transpose(1, 2)  # [B, block, S]
+        dist = (square[:, lo:lo + block, None] + square[:, None] - 2 * dot).clamp_min(0).sqrt()
+        total += (dist * (later[None] > rows[:, None])).sum((1, 2), dtype=torch.float64)  # pairs s < s' only
+    return (total / (s * (s - 1) / 2)).to(pred.dtype)
 
 
 def ade(pred: Tensor, gt: Tensor) -> Tensor:

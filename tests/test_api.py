@@ -229,3 +229,24 @@ def test_ddim_uses_the_checkpoints_guidance(predictor):
     history = history_of(predictor)
     got = [Predictor(m, "np").predict(history, 2, sampler="ddim", seed=3) for m in (weak, strong)]
     assert not np.allclose(got[0], got[1]), "the guidance weight of the checkpoint's config was ignored"
+
+
+@pytest.mark.parametrize("sampler", ["onestep", "np"])
+def test_many_futures_of_one_history_are_split_into_calls_alike(h36m, monkeypatch, sampler):
+    """Futures beyond ROWS_PER_CALL are sampled in several network calls (np: in multiples of K, so each call
+    cycles through the K maps from the first): the same futures and APD as one call, memory near the output's."""
+    import spard.api as api
+
+    history = (np.random.default_rng(2).normal(0, 0.3, (2, 25, 17, 3)) + [0, 0, 1]).astype(np.float32)
+    k = h36m.model.cfg.noise_predictor.k
+    whole = h36m.predict(history, num_samples=3 * k + 1, sampler=sampler, seed=3)
+    spread = h36m.last.apd
+    calls = []
+    sample = api.SamplerOptions.sample
+    monkeypatch.setattr(api.SamplerOptions, "sample", lambda self, *a, **kw: calls.append(self.num_samples) or
+                        sample(self, *a, **kw))
+    monkeypatch.setattr(api, "ROWS_PER_CALL", k + 2)
+    split = h36m.predict(history, num_samples=3 * k + 1, sampler=sampler, seed=3)
+    assert calls == 2 * ([k] * 3 + [1] if sampler == "np" else [k + 2] * 2 + [k - 3])  # each history, in calls
+    np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-5)  # other batch sizes: other rounding
+    np.testing.assert_allclose(h36m.last.apd, spread, rtol=1e-5)
