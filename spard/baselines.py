@@ -19,7 +19,8 @@ def zero_velocity(model: SPARD, history: torch.Tensor, num_samples: int = 1, **_
 def constant_velocity(model: SPARD, history: torch.Tensor, num_samples: int = 1, **_) -> torch.Tensor:
     """The last observed velocity (last two frames) continued: `[B, t_his, D]` -> `[B, S, T, D]`."""
     if history.shape[1] < 2:
-        raise ValueError(f"constant_velocity needs at least 2 observed frames for a velocity, t_his is {history.shape[1]}")
+        raise ValueError(f"constant_velocity needs at least 2 observed frames for a velocity, t_his is "
+                         f"{history.shape[1]}")
     velocity = history[:, -1] - history[:, -2]  # [B, D]
     steps = torch.arange(1, model.t_pred + 1, device=history.device, dtype=history.dtype)
     future = history[:, -1:] + steps[None, :, None] * velocity[:, None]

@@ -128,7 +128,8 @@ class DataConfig(Section):
                                     aliases=("mmapd",), changeable=True, path=True)
     classes_json: str | None = setting(None, "class list and CMD reference (default: <data_dir>/classes.json)",
                                        aliases=("classes",), changeable=True, path=True)
-    fid_classifier: str | None = setting(None, "Human3.6M FID classifier (.pth); FID is n/a without it", changeable=True, path=True)
+    fid_classifier: str | None = setting(None, "Human3.6M FID classifier (.pth); FID is n/a without it",
+                                         changeable=True, path=True)
 
     @property
     def t_total(self) -> int:

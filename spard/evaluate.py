@@ -109,8 +109,9 @@ def evaluate(model: SPARD, protocol: Protocol, options: SamplerOptions, *, batch
             on_batch(index, pred)
         gt_multi = [protocol.gt_multi[i] for i in index.tolist()]
         apd = metrics.apd(pred)
-        values = dict(APD=apd, ADE=metrics.ade(pred, gt), FDE=metrics.fde(pred, gt), MMADE=metrics.mmade(pred, gt_multi),
-                      MMFDE=metrics.mmfde(pred, gt_multi), APDE=metrics.apde(apd, protocol.gt_apd[index]))
+        values = dict(APD=apd, ADE=metrics.ade(pred, gt), FDE=metrics.fde(pred, gt),
+                      MMADE=metrics.mmade(pred, gt_multi), MMFDE=metrics.mmfde(pred, gt_multi),
+                      APDE=metrics.apde(apd, protocol.gt_apd[index]))
         moved = metrics.motion_per_frame(pred)  # [B, t_pred - 1]
         # a window is broken when its futures are not finite, or so large that a metric overflows to inf
         bad = ~torch.isfinite(pred.flatten(1)).all(1) | torch.isinf(torch.stack([*values.values(), *moved.T], 1)).any(1)

@@ -396,7 +396,8 @@ def output_path(args, source: Path, name: str) -> Path:
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="spard render", description=__doc__.split("\n\n")[0],
-               epilog="Frames: one every --step time steps; the GIF plays in real time.", replaces="an existing output file")
+               epilog="Frames: one every --step time steps; the GIF plays in real time.",
+               replaces="an existing output file")
     add_source_flags(p, samples=4)
     p.add_argument("--out", default=None,
                    help="output GIF (default: render.gif beside the checkpoint, or the predictions file's name .gif)")

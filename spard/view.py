@@ -86,7 +86,8 @@ def write_page(predictions: Predictions, path: str | Path, title: str = "spard p
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="spard view", description=__doc__.split("\n\n")[0],
-               epilog="Open the page in a browser; it needs no server and no network.", replaces="an existing output file")
+               epilog="Open the page in a browser; it needs no server and no network.",
+               replaces="an existing output file")
     add_source_flags(p, samples=10)
     p.add_argument("--out", default=None,
                    help="output page (default: view.html beside the checkpoint, or the predictions file's name .html)")
