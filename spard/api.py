@@ -239,8 +239,8 @@ class Predictor:
                     self.model, relative, noise=None if noise is None else noise[lo:hi])[:, :, self.t_his:]
                 future = future.unflatten(-1, (-1, 3))  # [b, k, t_pred, J-1, 3] root-relative
                 if isinstance(dst, np.ndarray):
-                    dst[:, lo:hi, :, :1] = root.cpu().numpy()
-                    np.add(future.cpu().numpy(), dst[:, lo:hi, :, :1], out=dst[:, lo:hi, :, 1:])
+                    dst[:, lo:hi, :, :1] = root_np = root.cpu().numpy()  # float32, added before any rounding
+                    np.add(future.cpu().numpy(), root_np, out=dst[:, lo:hi, :, 1:])
                 else:
                     dst[:, lo:hi, :, :1] = root
                     dst[:, lo:hi, :, 1:] = future + root

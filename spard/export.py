@@ -80,7 +80,8 @@ def export_onnx(model: SPARD, sampler: str, path: str | Path, *, opset: int = MI
     dynamic = {"history": {0: "batch"}, "noise": {0: "samples", 1: "batch"}, OUTPUT: {0: "batch", 1: "samples"}}
     if "noise" not in graph.inputs:  # the published np predictor: K futures, fixed
         dynamic = {"history": {0: "batch"}, OUTPUT: {0: "batch"}}
-    inputs = example_inputs(model, sampler, 2, 2, torch.Generator().manual_seed(0))
+    # traced with more futures than maps (K + 1): the np predictor's general path, which cycles through them
+    inputs = example_inputs(model, sampler, 2, model.cfg.noise_predictor.k + 1, torch.Generator().manual_seed(0))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape checks, constant by design
         torch.onnx.export(graph, inputs, str(path), dynamo=False, opset_version=opset, input_names=list(graph.inputs),
