@@ -83,3 +83,10 @@ def test_a_sampler_needs_the_network_its_stage_trains(stage, sampler, ok):
     else:
         with pytest.raises(ValueError, match=f"needs a trained noise_predictor, which a '{stage}' result does not hold"):
             check_sampler(stage, sampler)
+
+
+def test_constant_velocity_needs_two_observed_frames(model):
+    from spard.baselines import constant_velocity
+
+    with pytest.raises(ValueError, match="constant_velocity needs at least 2 observed frames for a velocity, t_his is 1"):
+        constant_velocity(model, torch.zeros(2, 1, 48))
