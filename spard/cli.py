@@ -124,7 +124,7 @@ def _train(stage, cfg, args, out_dir: Path, paths: dict, device):
     previous = load_stage_model(cfg, stage.previous.name, paths) if stage.previous else None
     model = stage.start(previous, cfg).to(device)
     if chosen and chosen[1] is not None:
-        check_resume(chosen[1], model.cfg, dataset.training_sha256())
+        check_resume(chosen[1], model.cfg, dataset.training_sha256)
     # everything is checked: from here on the command writes, one process at a time in this stage folder
     made = [make_folder(out_dir / stage.folder)] if dist.is_main() else []  # removed again if training cannot start
     # locked: the stage folder this command writes its result in, and the one that holds the run it writes

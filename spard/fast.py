@@ -110,11 +110,9 @@ class FusedDenoiser(nn.Module):
         """`steps`: the diffusion steps `t` the samplers may ask for (0 to steps - 1)."""
         super().__init__()
         per_block = [b.fusion() for b in den.temporal_decoder_blocks]  # what each block derives for it
-        buffers = {"qkv_weight": torch.stack([f["qkv_weight"] for f in per_block]),  # [L, 3C, C]
-                   "mod_weight": torch.cat([f["mod_weight"] for f in per_block]),  # [2L * 2C, C]
-                   "mod_bias": torch.cat([f["mod_bias"] for f in per_block]),  # [2L * 2C]
-                   "ffn_in_bias": torch.stack([f["ffn_in_bias"] for f in per_block]),  # [L, ff]
-                   "ffn_out_bias": torch.stack([f["ffn_out_bias"] for f in per_block])}  # [L, C]
+        buffers = {name: torch.stack([f[name] for f in per_block]) for name in per_block[0]}  # [L, ...] each
+        for name in ("mod_weight", "mod_bias"):  # all 2L modulations as one product: [2L * 2C, C], [2L * 2C]
+            buffers[name] = buffers[name].flatten(0, 1)
         with torch.no_grad():
             t_his, n, r = den.t_his, den.cfg.n_pre, den.refine_n_pre
             dct64, idct64 = den.dct.double(), den.idct.double()

@@ -25,6 +25,7 @@ units (metres per unit) and up (the vertical axis), which `spard render` and `sp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -55,14 +56,13 @@ def write_json(predictions, path: Path) -> Path:
     """The fields of a predictions file as one JSON object (positions rounded to 1e-6 units)."""
     from .predictions import write_atomically
 
-    fields = {"futures": predictions.futures, "history": predictions.history,
-              "ground_truth": predictions.ground_truth, "joint_names": predictions.joint_names,
-              "parents": predictions.parents.tolist(), "left_joints": predictions.left_joints.tolist(),
-              "right_joints": predictions.right_joints.tolist(), "fps": predictions.fps,
-              "sampler": predictions.sampler, "checkpoint_sha256": predictions.checkpoint_sha256,
-              "window_names": predictions.window_names, "units": predictions.units, "up": predictions.up}
-    document = {key: np.round(value.astype(np.float64), 6).tolist() if isinstance(value, np.ndarray) else value
-                for key, value in fields.items() if value is not None}
+    def plain(value):  # positions rounded; joint indices as integers
+        if isinstance(value, np.ndarray):
+            return np.round(value.astype(np.float64), 6).tolist() if value.dtype.kind == "f" else value.tolist()
+        return value
+
+    fields = {f.name: getattr(predictions, f.name) for f in dataclasses.fields(predictions)}
+    document = {key: plain(value) for key, value in fields.items() if value is not None}
     return write_atomically(path, lambda f: f.write(json.dumps(document, separators=(",", ":")).encode()))
 
 

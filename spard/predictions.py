@@ -27,11 +27,11 @@ them (`units`, `up`); `in_metres_z_up()` gives what the drawing code takes.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
 import zipfile
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 

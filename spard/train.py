@@ -118,7 +118,6 @@ class Trainer:
             self.step_loss = torch.compile(self.step_loss, mode="default" if self.graphed else tc.compile)
         self.step_graph = StepGraph(self._step) if self.graphed else None
         self.start_epoch, self.best = tc.start_epoch, math.inf
-        self.data_sha256 = dataset.training_sha256()
         if resume_from is not None:
             self._resume(resume_from)
         self.tb = None
@@ -206,7 +205,7 @@ class Trainer:
             state = dict(optimizer=self.optimizer, scheduler=self.scheduler, rng=rng) if resumable else {}
             extra = {"finished": finished, "best_val_loss": self.best}
             if resumable:
-                extra["data_sha256"] = self.data_sha256  # a resume checks that it sees the same data
+                extra["data_sha256"] = self.dataset.training_sha256  # a resume checks that it sees the same data
             save_checkpoint(path, self.model, self.stage.name, epoch=epoch, **state, extra=extra)
 
     def _resume(self, path: Path) -> None:

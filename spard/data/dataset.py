@@ -5,6 +5,8 @@ joints 1..J are relative to the root (the layout of the published loaders). The 
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,10 +57,10 @@ class Dataset:
     # computes the latter
     notes: list[str] = field(default_factory=list)  # what the reader skipped or assumed, for the log
 
+    @functools.cached_property
     def training_sha256(self) -> str:
         """A fingerprint of what training reads (the training and validation clips: keys, labels, poses): a
-        resumed run must see the same data, wherever the files now are."""
-        import hashlib
+        resumed run must see the same data, wherever the files now are. Computed once per dataset."""
 
         digest = hashlib.sha256()
         for clip in self.train + self.val:
